@@ -1,0 +1,1 @@
+"""The `ppar` command line: a thin Typer layer over `ppar_core`."""

@@ -1,0 +1,35 @@
+"""What every command shares: consoles, common option aliases, JSON output.
+
+Command modules import torch and the library lazily, inside their bodies, so that `ppar --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+# Human output goes to stdout through rich; errors and progress go to stderr, so `--json` output stays clean.
+console = Console()
+err_console = Console(stderr=True)
+
+DataRootOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-root",
+        help="Folder holding one sub-folder per dataset (default: $PPAR_DATA).",
+        show_default=False,
+    ),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of tables.")]
+
+
+def print_json(obj: Any) -> None:
+    """Write `obj` as one JSON document to stdout (no rich formatting, no wrapping)."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
