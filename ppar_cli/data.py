@@ -1,5 +1,185 @@
-"""`ppar data`: (being written)."""
+"""`ppar data`: list the dataset loaders, check a dataset on disk, write the built-in synthetic domains.
+
+The library (numpy, PIL, OpenCV) is imported inside the command bodies so that `ppar --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
-app = typer.Typer(help="data commands.", no_args_is_help=True)
+from ppar_cli.options import DataRootOption, JsonOption, console, err_console, print_json
+from ppar_core.errors import PparError
+
+if TYPE_CHECKING:
+    from ppar_core.data.check import CheckReport
+
+app = typer.Typer(help="Datasets: list the loaders, check a dataset, write synthetic domains.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_datasets(json_out: JsonOption = False) -> None:
+    """List the dataset loaders and the folder layout each expects.
+
+    Example: [bold]ppar data list[/bold]
+    """
+    from ppar_core.data.registry import DATASETS
+
+    rows = [
+        {
+            "name": i.name,
+            "description": i.description,
+            "layout": i.layout,
+            "splits": i.splits,
+            "folder": i.folder or i.name,
+        }
+        for i in DATASETS.values()
+    ]
+    if json_out:
+        print_json({"datasets": rows})
+        return
+    table = Table(title="Datasets (NAME or NAME=PATH; default root <data-root>/<folder>)")
+    for column in ("name", "layout", "splits", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(row[c]) for c in ("name", "layout", "splits", "description")))
+    console.print(table)
+
+
+@app.command("check")
+def check(
+    dataset: Annotated[str, typer.Argument(help="NAME or NAME=PATH, e.g. gta5 or cityscapes=/data/cityscapes.")],
+    root: Annotated[Path | None, typer.Option("--root", help="Dataset root (same as NAME=PATH).")] = None,
+    data_root: DataRootOption = None,
+    split: Annotated[str, typer.Option("--split", help="train, val, or a dataset-specific split.")] = "train",
+    mapillary_map: Annotated[str, typer.Option("--mapillary-map", help="Mapillary 66->19 map: id or name.")] = "id",
+    id_map: Annotated[
+        str, typer.Option("--id-map", help="folder only: trainid, labelid or a JSON file {raw: trainId}.")
+    ] = "trainid",
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Scan only the first N pairs.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Scan a dataset: pairs, orphans, image sizes, pixels per class, and problems (bad files).
+
+    Exit code 1 when a problem was found (or the root is wrong), 0 otherwise; orphans alone are not problems.
+
+    Example: [bold]ppar data check cityscapes --data-root /data --split val[/bold]
+    """
+    from ppar_core.data.check import check_dataset
+    from ppar_core.data.registry import build_dataset
+
+    if root is not None:
+        if "=" in dataset:
+            raise PparError(f"Dataset {dataset!r} already names a path: drop --root or the =PATH part.")
+        dataset = f"{dataset}={root}"
+    ds = build_dataset(dataset, split=split, data_root=data_root, mapillary_map=mapillary_map, id_map=id_map)
+    with _progress(f"checking {ds.name}") as advance:
+        report = check_dataset(ds, limit=limit, progress=advance)
+    if json_out:
+        print_json(report.to_json())
+    else:
+        _render_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("synth")
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Output folder; one sub-folder per domain is written.")],
+    domains: Annotated[
+        str | None, typer.Option("--domains", help="Comma-separated domains (default: the four built-in ones).")
+    ] = None,
+    num: Annotated[int, typer.Option("--num", min=1, help="Images per domain.")] = 100,
+    size: Annotated[str, typer.Option("--size", help="Image size HxW.")] = "256x512",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same scenes).")] = 0,
+    style_file: Annotated[
+        Path | None, typer.Option("--style-file", help="JSON file of extra styles; its domains are added.")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Write the built-in synthetic domains (images/*.png, labels/*.png in trainIds), readable as synth-<style>.
+
+    Example: [bold]ppar data synth --out data --num 200 --domains synth-source,synth-night[/bold]
+    """
+    from ppar_core.data.synth import BUILTIN_STYLES, DEFAULT_DOMAINS, load_style_file, write_domains
+
+    extra = load_style_file(style_file) if style_file is not None else {}
+    chosen = [d.strip() for d in domains.split(",") if d.strip()] if domains else [*DEFAULT_DOMAINS, *extra]
+    with _progress("writing synthetic domains") as advance:
+        folders = write_domains(
+            out,
+            domains=chosen,
+            num=num,
+            size=parse_size(size),
+            seed=seed,
+            styles={**BUILTIN_STYLES, **extra},
+            progress=advance,
+        )
+    if json_out:
+        print_json({"out": str(out), "domains": {k: str(v) for k, v in folders.items()}, "num": num, "seed": seed})
+        return
+    for domain, folder in folders.items():
+        console.print(f"[green]{escape(domain)}[/green]: {num} images in {escape(str(folder))}")
+    console.print(f"Check one with: ppar data check {escape(next(iter(folders), 'synth-source'))} --data-root {out}")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256x512' -> (256, 512) (H, W); PparError on anything else."""
+    height, sep, width = text.lower().partition("x")
+    if not sep or not height.strip().isdigit() or not width.strip().isdigit() or min(int(height), int(width)) < 1:
+        raise PparError(f"Size {text!r} is not HxW with positive integers: write e.g. --size 256x512.")
+    return int(height), int(width)
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr (stdout stays clean for --json); yields `advance(done, total)`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    task = bar.add_task(description, total=None)
+
+    def advance(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield advance
+
+
+def _render_report(report: CheckReport) -> None:
+    console.print(
+        f"[bold]{escape(report.dataset)}[/bold] ({escape(report.split)}) at {escape(report.root)}: "
+        f"{report.pairs} pairs, {len(report.orphans)} orphans, scanned {report.scanned}"
+    )
+    sizes = ", ".join(f"{s} ({n})" for s, n in list(report.image_sizes.items())[:6]) or "none"
+    console.print(f"image sizes: {escape(sizes)}")
+    total = sum(report.class_pixels.values()) + report.ignored_pixels
+    table = Table(title="pixels per class (trainIds)")
+    table.add_column("class")
+    table.add_column("pixels", justify="right")
+    table.add_column("share", justify="right")
+    for name, count in [*report.class_pixels.items(), ("(ignored, 255)", report.ignored_pixels)]:
+        table.add_row(name, f"{count:,}", f"{100 * count / total:.2f}%" if total else "-")
+    console.print(table)
+    for orphan in report.orphans[:10]:
+        console.print(f"[yellow]orphan[/yellow] {escape(orphan)}")
+    if len(report.orphans) > 10:
+        console.print(f"[yellow]... and {len(report.orphans) - 10} more orphans (--json lists them all)[/yellow]")
+    for problem in report.problems[:20]:
+        console.print(f"[red]problem[/red] {escape(problem)}")
+    if len(report.problems) > 20:
+        console.print(f"[red]... and {len(report.problems) - 20} more problems (--json lists them all)[/red]")
+    console.print("[green]no problems found[/green]" if report.ok else f"[red]{len(report.problems)} problem(s)[/red]")

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from ppar_cli import data, models, prototypes
+from ppar_cli import data, demo, models, prototypes, train
 from ppar_cli.options import err_console
 from ppar_core import PparError, __version__
 
@@ -26,6 +26,8 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(prototypes.app, name="prototypes")
 app.add_typer(models.app, name="models")
+app.command("train", help=train.HELP)(train.command)
+app.command("demo", help=demo.HELP)(demo.command)
 
 
 def _version(value: bool) -> None:
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except PparError as exc:
         if debug:
             raise
-        err_console.print(Text("error: ", style="bold red") + Text(str(exc), style="red"))
+        err_console.print(Text("error: ", style="bold red") + Text(str(exc), style="red"), soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err_console.print(Text("Interrupted.", style="yellow"))

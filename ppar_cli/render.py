@@ -1,0 +1,94 @@
+"""Rich rendering shared by the commands: logging, the training progress bar, mIoU tables."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ppar_cli.options import err_console
+
+
+def setup_logging() -> None:
+    """Library log lines (logger "ppar") go to stderr through rich."""
+    logger = logging.getLogger("ppar")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=err_console, show_path=False, show_time=False))
+    logger.setLevel(logging.INFO)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+class TrainingProgress:
+    """A progress bar fed by the trainer's log records: step, ETA, loss terms, lr, img/s."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress = progress
+        self.task = progress.add_task("train", total=total, info="starting")
+        self.eval_task: Any = None
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        if "eval" in record:
+            parts = ", ".join(f"{name} {_fmt(v)}" for name, v in record["eval"].items())
+            err_console.print(f"step {record['step']}: mIoU {parts} (mean {_fmt(record['mean_miou'])})")
+            return
+        info = (
+            f"loss {record.get('total', float('nan')):.3f} seg {record.get('seg', float('nan')):.3f} "
+            f"pa {record.get('pa', 0.0):.3f} w {record.get('mean_weight', 1.0):.2f} "
+            f"lr {record.get('lr', 0.0):.2e} {record.get('img_per_s', 0.0):.1f} img/s"
+        )
+        self.progress.update(self.task, completed=record["step"], info=info)
+
+    def on_eval(self, target: str, done: int, total: int) -> None:
+        if self.eval_task is None:
+            self.eval_task = self.progress.add_task("eval", total=total, info=target)
+        self.progress.update(self.eval_task, completed=done, total=total, info=f"eval {target}")
+        if done >= total:
+            self.progress.remove_task(self.eval_task)
+            self.eval_task = None
+
+
+@contextmanager
+def training_progress(total: int) -> Iterator[TrainingProgress]:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err_console,
+        transient=False,
+    )
+    with progress:
+        yield TrainingProgress(progress, total)
+    time.sleep(0)  # let the final refresh land before tables are printed
+
+
+def miou_table(runs: Mapping[str, Mapping[str, Any]], *, title: str) -> Table:
+    """One row per target plus their mean, one column per run (e.g. ppar vs erm). Values: SegMetrics.miou."""
+    table = Table(title=title)
+    table.add_column("target")
+    for name in runs:
+        table.add_column(name, justify="right")
+    targets: list[str] = []
+    for results in runs.values():
+        targets += [t for t in results if t not in targets]
+    for target in targets:
+        table.add_row(target, *(_fmt(getattr(r.get(target), "miou", None)) for r in runs.values()))
+    means = []
+    for results in runs.values():
+        values = [m.miou for m in results.values()]
+        means.append(sum(values) / len(values) if values else None)
+    table.add_row("[bold]mean[/bold]", *(f"[bold]{_fmt(m)}[/bold]" for m in means))
+    return table

@@ -1,0 +1,353 @@
+"""Typed training configuration: frozen dataclasses, strict loading, dotted overrides, presets as data.
+
+A run is fully described by one `TrainConfig`. It is built from a preset, a TOML file and `--set a.b=value`
+overrides, in that order; every step is type-checked, and an unknown key is an error that names it. The resolved
+config is written to `config.json` in the run folder and into every checkpoint.
+
+The sub-configs live beside the code they configure (`HeadConfig`, `VTPConfig`, `LossConfig`, `TrainAugment`,
+`InferenceConfig`); this module only composes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ppar_core.data.transforms import TrainAugment
+from ppar_core.engine.inference import InferenceConfig
+from ppar_core.errors import PparError
+from ppar_core.losses import LossConfig
+from ppar_core.modeling.decode_head import HeadConfig
+from ppar_core.modeling.vtp import VTPConfig
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str = "vit-b16"  # a key of ppar_core.clip.presets.CLIP_PRESETS
+    pretrained: str | None = None  # open_clip tag ("openai") or a local weights file; None = random init
+    prototypes: str | None = None  # a prototypes file (`ppar prototypes build`); None = built from the text tower
+    templates: str = "street"  # template set or file, used only when the prototypes are built at start
+    freeze_backbone: bool = False  # True: the CLIP image tower gets no gradient at all
+    backbone_lr_mult: float = 0.1  # learning-rate multiplier of the CLIP image tower
+    head: HeadConfig = field(default_factory=HeadConfig)
+    vtp: VTPConfig = field(default_factory=VTPConfig)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "gta5"  # dataset spec, NAME or NAME=PATH
+    targets: tuple[str, ...] = ("cityscapes", "bdd100k", "mapillary")
+    data_root: str | None = None  # default: $PPAR_DATA
+    source_split: str = "train"
+    target_split: str = "val"
+    mapillary_map: str = "id"  # "id" (RobustNet/HRDA) or "name" (Rein)
+    skip_bad: bool = True  # training skips (and counts) unreadable or inconsistent source samples
+    augment: TrainAugment = field(default_factory=TrainAugment)
+    workers: int = 2  # DataLoader worker processes
+    eval_max_images: int | None = None  # evaluate on at most this many images per target (None = all)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_iters: int = 1500  # linear warm-up from lr * warmup_ratio to lr
+    warmup_ratio: float = 1e-6
+    poly_power: float = 1.0  # poly decay after the warm-up
+    min_lr: float = 0.0
+    grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
+    accum_steps: int = 1  # gradient accumulation: micro-batches per optimizer step
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: InferenceConfig = field(default_factory=InferenceConfig)
+    iters: int = 20000  # optimizer steps
+    batch_size: int = 8  # images per micro-batch per process
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    out: str = "runs/ppar"
+    checkpoint_every: int = 1000  # steps between `last.safetensors` writes (also written at the end and on Ctrl-C)
+    eval_every: int = 0  # steps between evaluations on the targets; 0 = only at the end
+    log_every: int = 50  # steps between lines of metrics.jsonl
+
+    def validate(self) -> TrainConfig:
+        """Check cross-field constraints; returns self so it chains. Raises PparError naming the field."""
+        positive = {"iters": self.iters, "batch_size": self.batch_size, "optim.accum_steps": self.optim.accum_steps}
+        for name, value in positive.items():
+            if value < 1:
+                raise PparError(f"Config field {name} must be at least 1, got {value}.")
+        for name, value in {
+            "checkpoint_every": self.checkpoint_every,
+            "eval_every": self.eval_every,
+            "log_every": self.log_every,
+            "optim.warmup_iters": self.optim.warmup_iters,
+            "data.workers": self.data.workers,
+        }.items():
+            if value < 0:
+                raise PparError(f"Config field {name} must not be negative, got {value}.")
+        if self.optim.lr <= 0:
+            raise PparError(f"Config field optim.lr must be positive, got {self.optim.lr}.")
+        if self.model.backbone_lr_mult < 0:
+            raise PparError(f"Config field model.backbone_lr_mult must not be negative, got {self.model.backbone_lr_mult}.")
+        for sub in (self.loss, self.model.head, self.model.vtp, self.eval):
+            sub.validate()
+        return self
+
+
+# The data-only fields a resumed run may change without changing what it computes.
+RESUMABLE_FIELDS = ("device", "out", "checkpoint_every", "eval_every", "log_every", "data.workers", "data.data_root")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Strict, typed conversion between dicts and dataclasses
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and convert TOML/JSON shapes (lists -> tuples, int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except PparError as exc:
+                errors.append(str(exc))
+        raise PparError(f"Config key {key!r} expects {_type_name(tp)}, got {value!r}.")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise PparError(f"Config key {key!r} expects a table of fields, got {value!r}.")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str) and args and args[-1] is Ellipsis:
+            value = [v.strip() for v in value.split(",") if v.strip()]  # "a,b" for tuple[str, ...]
+        if not isinstance(value, list | tuple):
+            raise PparError(f"Config key {key!r} expects a list, got {value!r}.")
+        if args and args[-1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise PparError(f"Config key {key!r} expects {len(args)} values, got {len(value)}.")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise PparError(f"Config key {key!r} expects {_type_name(tp)}, got {value!r}.")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
+    """Build dataclass `cls` from a nested dict; unknown keys and wrong types raise PparError naming the key."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            raise PparError(f"Unknown config key {prefix + key!r}; known keys here: {', '.join(sorted(names))}.")
+    kwargs = {key: _coerce(value, hints[key], prefix + key) for key, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain JSON-able data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def merge(cfg: T, data: dict[str, Any]) -> T:
+    """A copy of `cfg` with the (possibly nested, possibly partial) fields of `data` replaced, type-checked."""
+    full = to_dict(cfg)
+
+    def deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                deep_update(base[key], value)
+            else:
+                base[key] = value
+
+    deep_update(full, data)
+    return from_dict(type(cfg), full)
+
+
+def _parse_value(text: str) -> Any:
+    """An override value: TOML syntax when it parses (numbers, booleans, lists, quoted strings), else a bare string."""
+    if text in ("none", "None", "null"):
+        return None
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(cfg: T, overrides: list[str]) -> T:
+    """Apply `a.b=value` overrides (type-checked against the field they set)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise PparError(f"Override {item!r} is not of the form key=value (e.g. optim.lr=1e-4).")
+        nested: dict[str, Any] = {}
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(raw.strip())
+        cfg = merge(cfg, nested)
+    return cfg
+
+
+def load_toml(path: Path, *, base: T) -> T:
+    """Read a TOML config file over `base` (keys absent from the file keep base's values)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PparError(f"Config file {path} does not exist.")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PparError(f"Config file {path} is not valid TOML ({exc}).") from exc
+    preset = data.pop("preset", None)
+    if preset is not None:
+        base = get_train_preset(preset)  # type: ignore[assignment]
+    try:
+        return merge(base, data)
+    except PparError as exc:
+        raise PparError(f"{path}: {exc}") from exc
+
+
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two configs differ."""
+    da, db = (to_dict(a), to_dict(b)) if not isinstance(a, dict) else (a, b)
+    out: list[str] = []
+    for key in sorted(set(da) | set(db)):
+        va, vb = da.get(key), db.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(prefix + key)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Presets (plain data). examples/*.toml spell the same presets out as files; a test keeps them equal.
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # The paper-style protocol: GTA5 -> Cityscapes, BDD100K, Mapillary with CLIP ViT-B/16.
+    "gta5-vit-b16": TrainConfig(
+        model=ModelConfig(preset="vit-b16", pretrained="openai"),
+        data=DataConfig(
+            source="gta5",
+            targets=("cityscapes", "bdd100k", "mapillary"),
+            augment=TrainAugment(resize=(720, 1280), scale_range=(0.5, 2.0), crop_size=(512, 512)),
+            workers=8,
+        ),
+        eval=InferenceConfig(mode="slide", crop_size=512, stride=341),
+        iters=20000,
+        batch_size=8,
+        out="runs/gta5-vit-b16",
+    ),
+    # The CPU demo: the tiny random-init tower on the built-in synthetic domains, a few minutes on two cores.
+    "synth-tiny": TrainConfig(
+        model=ModelConfig(preset="tiny", backbone_lr_mult=1.0),
+        data=DataConfig(
+            source="synth-source",
+            targets=("synth-real", "synth-night", "synth-fog"),
+            augment=TrainAugment(resize=None, scale_range=(0.75, 1.5), crop_size=(128, 256)),
+            workers=0,
+            eval_max_images=40,
+        ),
+        optim=OptimConfig(lr=1e-3, warmup_iters=30),
+        eval=InferenceConfig(mode="whole", crop_size=256, stride=171, batch_size=4),
+        iters=300,
+        batch_size=8,
+        checkpoint_every=100,
+        log_every=10,
+        out="runs/synth-tiny",
+    ),
+}
+
+
+def get_train_preset(name: str) -> TrainConfig:
+    if name not in TRAIN_PRESETS:
+        raise PparError(f"Unknown training preset {name!r}: use one of {', '.join(TRAIN_PRESETS)}.")
+    return TRAIN_PRESETS[name]
+
+
+# CLI flag -> dotted config field. `ppar train --crop N` sets both crop sides.
+FLAG_FIELDS: dict[str, str] = {
+    "source": "data.source",
+    "targets": "data.targets",
+    "data_root": "data.data_root",
+    "model": "model.preset",
+    "pretrained": "model.pretrained",
+    "prototypes": "model.prototypes",
+    "freeze_backbone": "model.freeze_backbone",
+    "method": "loss.method",
+    "vtp": "model.vtp.kind",
+    "align": "loss.align",
+    "reweight": "loss.reweight",
+    "iters": "iters",
+    "batch_size": "batch_size",
+    "crop": "data.augment.crop_size",
+    "out": "out",
+    "device": "device",
+    "seed": "seed",
+    "checkpoint_every": "checkpoint_every",
+    "eval_every": "eval_every",
+    "log_every": "log_every",
+    "workers": "data.workers",
+}
+
+
+def resolve_config(
+    *,
+    preset: str | None = None,
+    config_file: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> TrainConfig:
+    """preset (or defaults) < TOML file < CLI flags (None = not given) < `--set` overrides; validated."""
+    cfg = get_train_preset(preset) if preset else TrainConfig()
+    if config_file is not None:
+        cfg = load_toml(config_file, base=cfg)
+    nested: dict[str, Any] = {}
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name == "crop":
+            value = [value, value]
+        node = nested
+        *parents, leaf = FLAG_FIELDS[name].split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    cfg = merge(cfg, nested)
+    return apply_overrides(cfg, overrides or []).validate()

@@ -1,0 +1,174 @@
+"""The dataset registry (a plain dict) and `build_dataset`, which turns `NAME` or `NAME=PATH` into a `SegDataset`.
+
+Roots: `NAME=PATH` uses PATH; otherwise `<data_root>/<folder>`, where `data_root` is the argument or $PPAR_DATA and
+`folder` is the registry entry's `folder` (the dataset name, except `acdc-*` which share `acdc`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ppar_core.data import acdc, bdd100k, cityscapes, folder, gta5, mapillary, synth_folder, synthia
+from ppar_core.data.base import SegDataset
+from ppar_core.errors import PparError
+
+# The styles `ppar data synth` writes by default; a user's style file adds more (any `synth-<style>` name loads).
+SYNTH_BUILTIN_DOMAINS: tuple[str, ...] = ("synth-source", "synth-real", "synth-night", "synth-fog")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What `build_dataset` passes to every builder; each builder reads the fields that concern it."""
+
+    name: str  # the dataset name as asked, e.g. "synth-night"
+    split: str = "train"
+    skip_bad: bool = False
+    mapillary_map: str = "id"  # Mapillary 66->19 map: "id" (RobustNet/HRDA) or "name" (Rein/openseg)
+    id_map: str = "trainid"  # `folder` only: "trainid", "labelid" or a JSON file path
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One loader: its name, a one-line description, the layout it expects, and how to build it."""
+
+    name: str
+    description: str
+    layout: str
+    builder: Callable[[Path, LoadOptions], SegDataset]
+    splits: str  # the split names it accepts, in words
+    folder: str = ""  # sub-folder of the data root when no path is given (default: the name)
+
+
+def _acdc(conditions: tuple[str, ...]) -> Callable[[Path, LoadOptions], SegDataset]:
+    def build(root: Path, opts: LoadOptions) -> SegDataset:
+        return acdc.build_acdc(root, conditions=conditions, split=opts.split, skip_bad=opts.skip_bad)
+
+    return build
+
+
+def _synth(root: Path, opts: LoadOptions) -> SegDataset:
+    return synth_folder.build_synth(root, name=opts.name, split=opts.split, skip_bad=opts.skip_bad)
+
+
+_FLAT_SPLITS = "train, val, all (the same pairs), or a .txt list of file names"
+
+DATASETS: dict[str, DatasetInfo] = {
+    "gta5": DatasetInfo(
+        "gta5",
+        "GTA5 (Playing for Data): 24,966 synthetic frames, palettised labelIds",
+        gta5.LAYOUT,
+        lambda root, o: gta5.build_gta5(root, split=o.split, skip_bad=o.skip_bad),
+        _FLAT_SPLITS,
+    ),
+    "synthia": DatasetInfo(
+        "synthia",
+        "SYNTHIA-RAND-CITYSCAPES: 9,400 synthetic frames, 16-bit labels",
+        synthia.LAYOUT,
+        lambda root, o: synthia.build_synthia(root, split=o.split, skip_bad=o.skip_bad),
+        _FLAT_SPLITS,
+    ),
+    "cityscapes": DatasetInfo(
+        "cityscapes",
+        "Cityscapes: 2,975 train / 500 val, German cities",
+        cityscapes.LAYOUT,
+        lambda root, o: cityscapes.build_cityscapes(root, split=o.split, skip_bad=o.skip_bad),
+        "train, val, test",
+    ),
+    "bdd100k": DatasetInfo(
+        "bdd100k",
+        "BDD100K semantic segmentation 10K: 7,000 train / 1,000 val, trainId masks",
+        bdd100k.LAYOUT,
+        lambda root, o: bdd100k.build_bdd100k(root, split=o.split, skip_bad=o.skip_bad),
+        "train, val",
+    ),
+    "mapillary": DatasetInfo(
+        "mapillary",
+        "Mapillary Vistas v1.2: 18,000 train / 2,000 val, 66 classes mapped to 19 (--mapillary-map id|name)",
+        mapillary.LAYOUT,
+        lambda root, o: mapillary.build_mapillary(
+            root, split=o.split, skip_bad=o.skip_bad, mapillary_map=o.mapillary_map
+        ),
+        "train (training), val (validation)",
+    ),
+    "acdc": DatasetInfo(
+        "acdc", "ACDC, all four adverse conditions", acdc.LAYOUT, _acdc(acdc.CONDITIONS), "train, val", "acdc"
+    ),
+    **{
+        f"acdc-{c}": DatasetInfo(f"acdc-{c}", f"ACDC, {c} only", acdc.LAYOUT, _acdc((c,)), "train, val", "acdc")
+        for c in acdc.CONDITIONS
+    },
+    "folder": DatasetInfo(
+        "folder",
+        "your own image/label folders (id map: trainid, labelid or a JSON file)",
+        folder.LAYOUT,
+        lambda root, o: folder.build_folder(root, split=o.split, skip_bad=o.skip_bad, id_map=o.id_map),
+        _FLAT_SPLITS,
+    ),
+    "synth": DatasetInfo(
+        "synth",
+        "a synthetic domain written by `ppar data synth` (any synth-<style> name)",
+        synth_folder.LAYOUT,
+        _synth,
+        _FLAT_SPLITS,
+    ),  # fmt: skip
+    **{
+        name: DatasetInfo(name, f"built-in synthetic domain {name}", synth_folder.LAYOUT, _synth, _FLAT_SPLITS)
+        for name in SYNTH_BUILTIN_DOMAINS
+    },
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry for `name`; any `synth-<style>` resolves to the synthetic-folder loader."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if name.startswith("synth-") and len(name) > len("synth-"):
+        return DatasetInfo(name, f"synthetic domain {name}", synth_folder.LAYOUT, _synth, _FLAT_SPLITS)
+    raise PparError(f"Unknown dataset {name!r}: use one of {', '.join(DATASETS)} (or synth-<style>, NAME=PATH).")
+
+
+def parse_spec(spec: str) -> tuple[str, Path | None]:
+    """`NAME` or `NAME=PATH` -> (name, path or None)."""
+    name, sep, path = spec.partition("=")
+    name = name.strip()
+    if not name or (sep and not path.strip()):
+        raise PparError(f"Dataset argument {spec!r} is malformed: write NAME or NAME=PATH, e.g. gta5=/data/gta5.")
+    return name, Path(path.strip()).expanduser() if sep else None
+
+
+def resolve_root(name: str, path: Path | None, data_root: str | Path | None) -> Path:
+    """Where dataset `name` lives: `path`, else `<data_root or $PPAR_DATA>/<folder>`."""
+    if path is not None:
+        return path
+    base = data_root if data_root not in (None, "") else os.environ.get("PPAR_DATA")
+    if not base:
+        raise PparError(
+            f"No location for dataset {name!r}: pass {name}=PATH, pass --data-root, or set PPAR_DATA to the folder "
+            "holding one sub-folder per dataset."
+        )
+    return Path(base).expanduser() / (dataset_info(name).folder or name)
+
+
+def build_dataset(
+    spec: str,
+    *,
+    split: str = "train",
+    data_root: str | Path | None = None,
+    skip_bad: bool = False,
+    mapillary_map: str = "id",
+    id_map: str = "trainid",
+) -> SegDataset:
+    """Build the dataset named by `spec` (`NAME` or `NAME=PATH`).
+
+    `split`: train or val for every dataset (flat datasets return all pairs for both), plus dataset-specific names
+    (cityscapes test; all; a `.txt` list for flat datasets). `mapillary_map`: id|name. `id_map` (folder only):
+    trainid, labelid or a JSON file path. Raises PparError on an unknown name, a missing root or a wrong layout.
+    """
+    name, path = parse_spec(spec)
+    info = dataset_info(name)
+    root = resolve_root(name, path, data_root)
+    opts = LoadOptions(name=name, split=split, skip_bad=skip_bad, mapillary_map=mapillary_map, id_map=id_map)
+    return info.builder(root, opts)

@@ -1,0 +1,194 @@
+"""Dense inference on images of any size: whole image or sliding window, optional test scale and TTA.
+
+The model is any callable `model_fn(images (B,3,h,w) float) -> logits (B,K,h,w)` at its input size, so the same code
+serves a segmentor, a bare CLIP tower in a benchmark, or a test double. Large images (Mapillary's 4000x3000) are
+handled by keeping only the windows of one batch on the model's device: class scores are accumulated at full
+resolution on `accumulate_device`, which may be the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ppar_core.errors import PparError
+
+ModelFn = Callable[[Tensor], Tensor]
+
+INFERENCE_MODES: tuple[str, ...] = ("slide", "whole")
+TTA_MODES: tuple[str, ...] = ("none", "flip", "ms-flip")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How an image becomes class scores (the protocol of labels.md, recorded in every evaluation report)."""
+
+    mode: str = "slide"  # "slide": overlapping crop_size windows; "whole": the full image in one forward
+    crop_size: int = 512  # side of a square sliding window, in pixels of the (rescaled) image
+    stride: int = 341  # step between windows, pixels; <= crop_size so that windows cover the image
+    scale: float = 1.0  # resize factor applied to the image before inference
+    long_side: int | None = None  # if set, resize so the long side is this many pixels (overrides scale)
+    tta: str = "none"  # "none", "flip" (horizontal), "ms-flip" (every scale in ms_scales, each with its flip)
+    ms_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # relative to scale / long_side
+    batch_size: int = 4  # windows per forward
+    size_divisor: int = 32  # each window / whole image is zero-padded to a multiple of this, logits cropped back
+
+    def validate(self) -> InferenceConfig:
+        """Raise PparError naming the first bad option; return self so calls can be chained."""
+        if self.mode not in INFERENCE_MODES:
+            raise PparError(f"Inference mode {self.mode!r} is unknown: use one of {', '.join(INFERENCE_MODES)}.")
+        if self.tta not in TTA_MODES:
+            raise PparError(f"Test-time augmentation {self.tta!r} is unknown: use one of {', '.join(TTA_MODES)}.")
+        if self.crop_size < 1 or self.stride < 1:
+            raise PparError(
+                f"Crop {self.crop_size} and stride {self.stride} must be positive: pass --crop/--stride >= 1."
+            )
+        if self.stride > self.crop_size:
+            raise PparError(
+                f"Stride {self.stride} is larger than the crop {self.crop_size}, so windows would leave pixels "
+                "unseen: pass a --stride no larger than --crop."
+            )
+        if not self.scale > 0:
+            raise PparError(f"Test scale {self.scale} must be positive: pass --scale > 0 (1.0 keeps the size).")
+        if self.long_side is not None and self.long_side < 1:
+            raise PparError(f"Long side {self.long_side} must be a positive number of pixels.")
+        if not self.ms_scales or any(not s > 0 for s in self.ms_scales):
+            raise PparError(f"Multi-scale factors {self.ms_scales} must be a non-empty list of positive numbers.")
+        if self.batch_size < 1:
+            raise PparError(f"Inference batch size {self.batch_size} must be at least 1: pass --batch-size >= 1.")
+        if self.size_divisor < 1:
+            raise PparError(f"Size divisor {self.size_divisor} must be at least 1.")
+        return self
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of sliding windows along one axis of `length` pixels.
+
+    Windows step by `stride`; the last one is shifted back to end at the border, so every window has the full
+    `crop` size (or the whole axis, when it is shorter than the crop) and all windows of an image can be batched.
+    """
+    if length <= crop:
+        return [0]
+    count = math.ceil((length - crop) / stride) + 1
+    return [min(i * stride, length - crop) for i in range(count)]
+
+
+def _forward_padded(model_fn: ModelFn, batch: Tensor, *, num_classes: int, size_divisor: int) -> Tensor:
+    """Run the model on (B,3,h,w) zero-padded to a multiple of size_divisor; return (B,K,h,w) cropped back."""
+    h, w = batch.shape[-2:]
+    pad_h = (-h) % size_divisor
+    pad_w = (-w) % size_divisor
+    if pad_h or pad_w:
+        # Zero is the dataset mean after normalisation: the least surprising filler for the model.
+        batch = F.pad(batch, (0, pad_w, 0, pad_h))
+    logits = model_fn(batch)
+    expected = (batch.shape[0], num_classes, batch.shape[-2], batch.shape[-1])
+    if tuple(logits.shape) != expected:
+        raise PparError(
+            f"The model returned scores of shape {tuple(logits.shape)} for input {tuple(batch.shape)}, expected "
+            f"{expected}: check that the checkpoint's number of classes matches the evaluation's ({num_classes})."
+        )
+    return logits[..., :h, :w]
+
+
+def _slide(
+    model_fn: ModelFn, image: Tensor, cfg: InferenceConfig, *, num_classes: int, out_device: torch.device
+) -> Tensor:
+    """Sliding-window logits for image (1,3,h,w) -> (1,K,h,w) float32 on out_device, averaged over overlaps."""
+    h, w = image.shape[-2:]
+    crop_h, crop_w = min(cfg.crop_size, h), min(cfg.crop_size, w)
+    boxes = [
+        (y, x) for y in window_starts(h, cfg.crop_size, cfg.stride) for x in window_starts(w, cfg.crop_size, cfg.stride)
+    ]
+    total = torch.zeros(1, num_classes, h, w, dtype=torch.float32, device=out_device)
+    count = torch.zeros(1, 1, h, w, dtype=torch.float32, device=out_device)
+    for first in range(0, len(boxes), cfg.batch_size):
+        chunk = boxes[first : first + cfg.batch_size]
+        batch = torch.cat([image[..., y : y + crop_h, x : x + crop_w] for y, x in chunk])
+        logits = _forward_padded(model_fn, batch, num_classes=num_classes, size_divisor=cfg.size_divisor)
+        # Only this batch's logits ever sit on the model device; the running sum lives on out_device.
+        logits = logits.to(device=out_device, dtype=torch.float32)
+        for (y, x), window in zip(chunk, logits, strict=True):
+            total[0, :, y : y + crop_h, x : x + crop_w] += window
+            count[0, :, y : y + crop_h, x : x + crop_w] += 1
+    return total.div_(count)  # in place: no second full-resolution copy
+
+
+def _logits_at(
+    model_fn: ModelFn, image: Tensor, cfg: InferenceConfig, *, num_classes: int, out_device: torch.device
+) -> Tensor:
+    """Logits of image (1,3,h,w) at its own size -> (1,K,h,w) float32 on out_device, by cfg.mode."""
+    if cfg.mode == "slide":
+        return _slide(model_fn, image, cfg, num_classes=num_classes, out_device=out_device)
+    logits = _forward_padded(model_fn, image, num_classes=num_classes, size_divisor=cfg.size_divisor)
+    return logits.to(device=out_device, dtype=torch.float32)
+
+
+def _scaled_size(height: int, width: int, factor: float) -> tuple[int, int]:
+    # Round half up (not Python's half-to-even), as mmsegmentation's rescale does, so sizes match its protocol.
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def infer_logits(
+    model_fn: ModelFn,
+    image: Tensor,
+    cfg: InferenceConfig,
+    *,
+    num_classes: int,
+    accumulate_device: torch.device | str | None = None,
+) -> Tensor:
+    """Class scores for one image at its original size.
+
+    model_fn: (B,3,h,w) float -> (B,K,h,w) logits at the input size (the caller puts the model in eval mode and
+    wraps it in autocast if wanted). image: (1,3,H,W) float, already normalised, on the model's device.
+    Returns (1,K,H,W) float32 on `accumulate_device` (default: the image's device). With tta "none" these are
+    logits (resized bilinearly from the test scale when it is not 1); with "flip" / "ms-flip" they are the mean of
+    the softmax probabilities over all augmented views, each resized back to HxW before the softmax.
+    Runs under `torch.inference_mode()`, so the result carries no autograd history.
+    """
+    cfg.validate()
+    if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+        raise ValueError(f"infer_logits expects one image of shape (1,3,H,W), got {tuple(image.shape)}")
+    out_device = torch.device(accumulate_device) if accumulate_device is not None else image.device
+    height, width = image.shape[-2:]
+    base = cfg.long_side / max(height, width) if cfg.long_side is not None else cfg.scale
+    factors = [base * s for s in cfg.ms_scales] if cfg.tta == "ms-flip" else [base]
+    flips = [False, True] if cfg.tta in ("flip", "ms-flip") else [False]
+
+    with torch.inference_mode():
+        result: Tensor | None = None
+        for factor in factors:
+            size = _scaled_size(height, width, factor)
+            scaled = image if size == (height, width) else _resize(image, size)
+            for flip in flips:
+                view = scaled.flip(-1) if flip else scaled
+                scores = _logits_at(model_fn, view, cfg, num_classes=num_classes, out_device=out_device)
+                if flip:
+                    scores = scores.flip(-1)
+                if size != (height, width):
+                    scores = _resize(scores, (height, width))
+                if cfg.tta != "none":
+                    scores = scores.softmax(dim=1)
+                # Summed in place, so at most two full-resolution score maps exist at once.
+                result = scores if result is None else result.add_(scores)
+        assert result is not None  # factors and flips are never empty
+        views = len(factors) * len(flips)
+        return result if views == 1 else result.div_(views)
+
+
+def _resize(tensor: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of (N,C,h,w) float to `size` (H,W), half-pixel centres (align_corners=False)."""
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+
+
+def predict_labels(model_fn: ModelFn, image: Tensor, cfg: InferenceConfig, *, num_classes: int) -> Tensor:
+    """Predicted trainIds for image (1,3,H,W) normalised float -> (H,W) uint8 on the image's device (argmax)."""
+    if num_classes > 255:
+        raise ValueError("predict_labels returns uint8 ids; it supports at most 255 classes (255 is ignore)")
+    scores = infer_logits(model_fn, image, cfg, num_classes=num_classes)
+    return scores[0].argmax(dim=0).to(torch.uint8)

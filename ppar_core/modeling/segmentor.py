@@ -1,0 +1,139 @@
+"""The PPAR segmentor: CLIP image tower + pixel-embedding head + prototype classifier over the VTP.
+
+    images (B,3,H,W) -> DenseClipEncoder -> features (4 maps), Z (B,D,H/p,W/p), global (B,D)
+    features -> PixelEmbeddingHead -> E (B,D,H/4,W/4)
+    (OTP (K,D), Z, global) -> VisualTextPrototypes -> VTP (B,K,D)
+    logits = s * cos(E, VTP)  (B,K,H/4,W/4)
+
+The OTP is a buffer (never trained); the text tower is not part of the model. The reliability statistics of the
+reweighting live here as buffers so they travel with every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ppar_core.clip.encoder import DenseClipEncoder
+from ppar_core.modeling.decode_head import HeadConfig, PixelEmbeddingHead, PrototypeClassifier
+from ppar_core.modeling.vtp import VisualTextPrototypes, VTPConfig
+from ppar_core.reliability import NUM_BINS
+
+if TYPE_CHECKING:
+    from ppar_core.config import ModelConfig
+    from ppar_core.prototypes import Prototypes
+
+
+@dataclass
+class SegmentorOutput:
+    logits: Tensor  # (B,K,H/4,W/4)
+    dense: Tensor  # Z (B,D,H/p,W/p)
+    vtp: Tensor  # (B,K,D)
+    global_embedding: Tensor  # (B,D)
+
+
+class PPARSegmentor(nn.Module):
+    """A CLIP-based segmentor whose classifier weights are image-conditioned text prototypes."""
+
+    def __init__(
+        self,
+        encoder: DenseClipEncoder,
+        otp: Tensor,
+        *,
+        head_cfg: HeadConfig,
+        vtp_cfg: VTPConfig,
+        init_visual: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        num_classes, dim = otp.shape
+        if dim != encoder.embed_dim:
+            raise ValueError(f"prototype width {dim} != encoder embedding width {encoder.embed_dim}")
+        self.encoder = encoder
+        self.head = PixelEmbeddingHead(encoder.feature_channels, encoder.feature_strides, dim, head_cfg)
+        self.vtp = VisualTextPrototypes(otp, vtp_cfg, init_visual=init_visual)
+        self.classifier = PrototypeClassifier(head_cfg)
+        self.register_buffer("otp", F.normalize(otp.float(), dim=-1).clone())
+        # Reliability statistics (float64 so that millions of pixels add up exactly): per-class histogram of the
+        # applied weights, their sum, the pixel count, and exact counts below 0.5 and above 2.
+        self.register_buffer("weight_hist", torch.zeros(num_classes, NUM_BINS, dtype=torch.float64))
+        self.register_buffer("weight_sum", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("weight_count", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("weight_low", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("weight_high", torch.zeros(num_classes, dtype=torch.float64))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.otp.shape[0])
+
+    def forward(self, images: Tensor) -> SegmentorOutput:
+        """images (B,3,H,W) float, CLIP-normalised, H and W multiples of the patch size."""
+        enc = self.encoder(images)
+        embeddings = self.head(enc.features)
+        vtp = self.vtp(self.otp, enc.dense, enc.global_embedding)
+        logits = self.classifier(embeddings, vtp)
+        return SegmentorOutput(logits=logits, dense=enc.dense, vtp=vtp, global_embedding=enc.global_embedding)
+
+    def predict_logits(self, images: Tensor) -> Tensor:
+        """images (B,3,H,W) -> logits (B,K,H,W) at the input size (bilinear), for inference."""
+        logits = self(images).logits
+        return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def weight_stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return self.weight_hist, self.weight_sum, self.weight_count, self.weight_low, self.weight_high
+
+
+def build_segmentor(
+    cfg: ModelConfig,
+    *,
+    otp: Tensor | None = None,
+    init_visual: Tensor | None = None,
+    pretrained: str | None | bool = True,
+) -> tuple[PPARSegmentor, Prototypes]:
+    """Build the segmentor of `cfg` and the prototypes it starts from.
+
+    The OTP comes from `otp` when given (e.g. zeros before a checkpoint is loaded over it), else from the prototypes
+    file `cfg.prototypes`, else from the CLIP text tower with `cfg.templates` (the text tower is dropped afterwards).
+    `pretrained=True` loads `cfg.pretrained`; pass None to skip weight loading (a checkpoint will be loaded instead).
+    """
+    from ppar_core.clip.encoder import build_clip_model, get_tokenizer
+    from ppar_core.clip.presets import get_preset
+    from ppar_core.clip.text import CLASS_PROMPTS, build_text_prototypes, load_templates
+    from ppar_core.labels import CLASS_NAMES, NUM_CLASSES
+    from ppar_core.prototypes import PROTOTYPES_FORMAT_VERSION, Prototypes, load_prototypes
+
+    preset = get_preset(cfg.preset)
+    weights = cfg.pretrained if pretrained is True else (pretrained or None)
+    clip = build_clip_model(preset, pretrained=weights)
+    if otp is not None:
+        protos = Prototypes(otp=otp, visual=init_visual, visual_counts=None, meta={"source": "given"})
+    elif cfg.prototypes:
+        protos = load_prototypes(Path(cfg.prototypes), expect_dim=preset.embed_dim, expect_classes=NUM_CLASSES)
+    else:
+        templates = load_templates(cfg.templates)
+        names = [CLASS_PROMPTS.get(n, (n,)) for n in CLASS_NAMES]
+        with torch.no_grad():
+            text_otp = build_text_prototypes(clip, get_tokenizer(preset), names, templates)
+        protos = Prototypes(
+            otp=text_otp,
+            visual=None,
+            visual_counts=None,
+            meta={
+                "format_version": PROTOTYPES_FORMAT_VERSION,
+                "model": preset.name,
+                "pretrained": weights or "none",
+                "class_names": list(CLASS_NAMES),
+                "templates": list(templates),
+                "label_space": "cityscapes",
+                "dim": preset.embed_dim,
+            },
+        )
+    encoder = DenseClipEncoder(clip.visual, preset)
+    del clip  # the text tower is not part of the trained model
+    visual = init_visual if init_visual is not None else protos.visual
+    model = PPARSegmentor(encoder, protos.otp, head_cfg=cfg.head, vtp_cfg=cfg.vtp, init_visual=visual)
+    return model, protos

@@ -1,0 +1,127 @@
+"""Paired transforms: labels stay nearest-neighbour, crops and padding, the class-ratio rule, flips, determinism,
+CLIP normalisation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ppar_core.data.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    TrainAugment,
+    apply_train_augment,
+    photometric_distortion,
+    random_crop,
+    random_flip,
+    random_scale,
+    resize,
+    resize_to_scale,
+    to_clip_tensor_layout,
+)
+
+
+def make_pair(height: int = 24, width: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    label = rng.choice(np.array([0, 5, 13, 255], np.uint8), size=(height, width))
+    return image, label
+
+
+def test_resize_label_is_nearest_and_exact_on_integer_upscale() -> None:
+    image, label = make_pair(4, 6)
+    big_image, big_label = resize(image, label, size=(8, 12))
+    assert big_image.shape == (8, 12, 3) and big_image.dtype == np.uint8
+    # an exact 2x nearest upscale repeats each pixel: independent reference with np.repeat
+    np.testing.assert_array_equal(big_label, label.repeat(2, axis=0).repeat(2, axis=1))
+    _, odd = resize(image, label, size=(7, 5))
+    assert set(np.unique(odd)) <= set(np.unique(label))
+
+
+def test_random_scale_keeps_label_values_and_aspect() -> None:
+    image, label = make_pair(20, 40)
+    for seed in range(5):
+        out_image, out_label = random_scale(image, label, scale_range=(0.5, 2.0), rng=np.random.default_rng(seed))
+        assert out_image.shape[:2] == out_label.shape
+        assert abs(out_label.shape[1] / out_label.shape[0] - 2.0) < 0.15
+        assert set(np.unique(out_label)) <= {0, 5, 13, 255}
+
+
+def test_crop_size_and_padding_values() -> None:
+    image, label = make_pair(10, 40)
+    out_image, out_label = random_crop(image, label, size=(16, 16), rng=np.random.default_rng(0))
+    assert out_image.shape == (16, 16, 3) and out_label.shape == (16, 16)
+    assert (out_image[10:] == 0).all() and (out_label[10:] == 255).all()  # padded rows: image 0, label ignored
+    # the unpadded part is a window of the input at some offset
+    left = next(x for x in range(25) if (image[:, x : x + 16] == out_image[:10]).all())
+    np.testing.assert_array_equal(out_label[:10], label[:, left : left + 16])
+
+
+def test_crop_respects_cat_max_ratio_on_a_crafted_label() -> None:
+    # left half road, right half car; a 32-wide crop at offset x holds 32-x road columns, so it qualifies for
+    # ratio 0.75 only when 8 <= x <= 24 (about half of the offsets), and ignored pixels do not count
+    label = np.zeros((8, 64), np.uint8)
+    label[:, 32:] = 13
+    label[0] = 255
+    image = np.zeros((8, 64, 3), np.uint8)
+    for seed in range(20):
+        _, crop = random_crop(image, label, size=(8, 32), rng=np.random.default_rng(seed), cat_max_ratio=0.75)
+        counts = np.bincount(crop.ravel(), minlength=256)[:255]
+        assert counts.max() <= 0.75 * counts.sum(), seed
+    # without the rule, crops dominated by one class do happen with these seeds
+    plain = [random_crop(image, label, size=(8, 32), rng=np.random.default_rng(s))[1] for s in range(20)]
+    assert any(np.bincount(c.ravel(), minlength=256)[:255].max() > 0.75 * 7 * 32 for c in plain)
+
+
+def test_flip_pairs_image_and_label() -> None:
+    image, label = make_pair(5, 7)
+    flipped = [random_flip(image, label, prob=0.5, rng=np.random.default_rng(s)) for s in range(10)]
+    assert any(f[1] is not label for f in flipped) and any(f[1] is label for f in flipped)
+    for out_image, out_label in flipped:
+        if out_label is not label:
+            np.testing.assert_array_equal(out_image, image[:, ::-1])
+            np.testing.assert_array_equal(out_label, label[:, ::-1])
+    out_image, out_label = random_flip(image, label, prob=1.0, rng=np.random.default_rng(0))
+    assert out_label[0, 0] == label[0, -1] and (out_image[2, 1] == image[2, -2]).all()
+
+
+def test_photometric_changes_image_only_within_uint8() -> None:
+    image, _ = make_pair(16, 16)
+    outs = [photometric_distortion(image, rng=np.random.default_rng(s)) for s in range(8)]
+    assert all(o.dtype == np.uint8 and o.shape == image.shape for o in outs)
+    assert any(not np.array_equal(o, image) for o in outs)
+
+
+def test_full_pipeline_is_deterministic_per_seed_and_shapes() -> None:
+    image, label = make_pair(30, 50)
+    aug = TrainAugment(resize=(36, 60), crop_size=(32, 48))
+
+    def run(seed: int) -> tuple[np.ndarray, np.ndarray]:
+        return apply_train_augment(image, label, aug, np.random.default_rng(seed))
+
+    a, b, c = run(3), run(3), run(4)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not (np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1]))
+    assert a[0].shape == (32, 48, 3) and a[1].shape == (32, 48) and a[0].dtype == a[1].dtype == np.uint8
+    assert set(np.unique(a[1])) <= {0, 5, 13, 255}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        aug.crop_size = (1, 1)  # type: ignore[misc]
+
+
+def test_clip_normalisation_values() -> None:
+    image = np.array([[[0, 128, 255]]], dtype=np.uint8)
+    chw = to_clip_tensor_layout(image)
+    assert chw.shape == (1 * 3, 1, 1) and chw.dtype == np.float32
+    expected = [(v / 255 - m) / s for v, m, s in zip((0, 128, 255), CLIP_MEAN, CLIP_STD, strict=True)]
+    np.testing.assert_allclose(chw[:, 0, 0], expected, rtol=1e-5)
+    np.testing.assert_allclose(chw[0, 0, 0], -0.48145466 / 0.26862954, rtol=1e-6)
+
+
+def test_resize_to_scale_sizes() -> None:
+    image, _ = make_pair(10, 20)
+    assert resize_to_scale(image, 0.5).shape == (5, 10, 3)
+    assert resize_to_scale(image, 1.55).shape == (16, 31, 3)
+    assert resize_to_scale(image, 1.0) is image
