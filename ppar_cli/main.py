@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from ppar_cli import data, demo, models, prototypes, train
+from ppar_cli import analyze, data, demo, evaluate, models, predict, prototypes, train
 from ppar_cli.options import err_console
 from ppar_core import PparError, __version__
 
@@ -28,6 +28,9 @@ app.add_typer(prototypes.app, name="prototypes")
 app.add_typer(models.app, name="models")
 app.command("train", help=train.HELP)(train.command)
 app.command("demo", help=demo.HELP)(demo.command)
+app.command("eval", help=evaluate.HELP)(evaluate.command)
+app.command("predict", help=predict.HELP)(predict.command)
+app.command("analyze-weights", help=analyze.HELP)(analyze.command)
 
 
 def _version(value: bool) -> None:

@@ -86,14 +86,21 @@ def build(
             show_default=False,
         ),
     ] = None,
-    classes: Annotated[str, typer.Option("--classes", help="Label space: cityscapes (19) or synthia16.")] = "cityscapes",
+    classes: Annotated[
+        str, typer.Option("--classes", help="Label space: cityscapes (19) or synthia16.")
+    ] = "cityscapes",
     templates: Annotated[
-        str, typer.Option("--templates", help="street (8), imagenet (80), or a text file: one template with {} per line.")
+        str,
+        typer.Option("--templates", help="street (8), imagenet (80), or a text file: one template with {} per line."),
     ] = "street",
-    synonyms: Annotated[bool, typer.Option(help="Also prompt with class synonyms (e.g. pedestrian for person).")] = True,
+    synonyms: Annotated[
+        bool, typer.Option(help="Also prompt with class synonyms (e.g. pedestrian for person).")
+    ] = True,
     data: Annotated[
         list[str] | None,
-        typer.Option("--data", help="Also compute visual prototypes on this source dataset (NAME or NAME=PATH); repeat."),
+        typer.Option(
+            "--data", help="Also compute visual prototypes on this source dataset (NAME or NAME=PATH); repeat."
+        ),
     ] = None,
     data_root: DataRootOption = None,
     max_images: Annotated[int, typer.Option("--max-images", min=1, help="Images per --data dataset.")] = 100,
@@ -104,7 +111,8 @@ def build(
 
     Example: [bold]ppar prototypes build --model vit-b16 --out runs/protos.safetensors[/bold]
 
-    Offline test run: [bold]ppar prototypes build --model tiny --data synth-source=data/synth --out /tmp/p.safetensors[/bold]
+    Offline, with visual prototypes:
+    [bold]ppar prototypes build --model tiny --data synth-source=data/synth --out p.safetensors[/bold]
     """
     from ppar_core.clip.presets import get_preset
     from ppar_core.prototypes import build_prototypes, save_prototypes

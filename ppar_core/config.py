@@ -32,7 +32,10 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class ModelConfig:
     preset: str = "vit-b16"  # a key of ppar_core.clip.presets.CLIP_PRESETS
-    pretrained: str | None = None  # open_clip tag ("openai") or a local weights file; None = random init
+    # "default" = the preset's own weights (openai for the CLIP presets, random for tiny), an open_clip tag, a local
+    # weights file, or None / "none" for random initialisation. Resolved when a run starts.
+    pretrained: str | None = "default"
+    quick_gelu: bool | None = None  # the tower's activation; None = as the weights require (resolved at start)
     prototypes: str | None = None  # a prototypes file (`ppar prototypes build`); None = built from the text tower
     templates: str = "street"  # template set or file, used only when the prototypes are built at start
     freeze_backbone: bool = False  # True: the CLIP image tower gets no gradient at all
@@ -262,7 +265,7 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # The paper-style protocol: GTA5 -> Cityscapes, BDD100K, Mapillary with CLIP ViT-B/16.
     "gta5-vit-b16": TrainConfig(
-        model=ModelConfig(preset="vit-b16", pretrained="openai"),
+        model=ModelConfig(preset="vit-b16", pretrained="openai", quick_gelu=True),
         data=DataConfig(
             source="gta5",
             targets=("cityscapes", "bdd100k", "mapillary"),
@@ -276,7 +279,12 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     ),
     # The CPU demo: the tiny random-init tower on the built-in synthetic domains, a few minutes on two cores.
     "synth-tiny": TrainConfig(
-        model=ModelConfig(preset="tiny", backbone_lr_mult=1.0),
+        model=ModelConfig(
+            preset="tiny",
+            backbone_lr_mult=1.0,
+            head=HeadConfig(fpn_channels=64),
+            vtp=VTPConfig(decoder_width=64, decoder_layers=2),
+        ),
         data=DataConfig(
             source="synth-source",
             targets=("synth-real", "synth-night", "synth-fog"),

@@ -90,7 +90,7 @@ def write_overlays(checkpoint: Path, data_root: Path, out: Path, *, per_domain: 
             bottom = overlay_with_legend(sample.image, pred)
             pad = np.full((bottom.shape[0], top.shape[1] - bottom.shape[1], 3), 255, dtype=np.uint8)
             panel = np.concatenate([top, np.concatenate([bottom, pad], axis=1)], axis=0)
-            path = out / f"{domain}_{sample.name}.png"
+            path = out / f"{sample.name}.png"
             cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
             written.append(path)
     return written

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +32,14 @@ DEFAULT_MAX_IMAGES = 100
 
 # progress(done, total, what): called after each unit of work, so a CLI can draw a bar (the library draws nothing).
 ProgressFn = Callable[[int, int, str], None]
+
+
+class SampleSource(Protocol):
+    """Anything indexable whose items have `.image` (H,W,3) uint8 and `.label` (H,W) uint8 (a `SegDataset`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
 
 
 @dataclass
@@ -112,7 +120,9 @@ def save_prototypes(path: str | Path, protos: Prototypes) -> Path:
     return path
 
 
-def load_prototypes(path: str | Path, *, expect_dim: int | None = None, expect_classes: int | None = None) -> Prototypes:
+def load_prototypes(
+    path: str | Path, *, expect_dim: int | None = None, expect_classes: int | None = None
+) -> Prototypes:
     """Read and validate a prototypes file; every problem is one PparError naming the file and what to do.
 
     Checks: readable safetensors, format and version, the digest, tensor shapes against the metadata, and
@@ -215,7 +225,7 @@ def _prepare_image(image: np.ndarray, *, image_size: int | None, stride: int) ->
 @torch.no_grad()
 def compute_visual_prototypes(
     encoder: DenseClipEncoder,
-    dataset: Sequence[Any],
+    dataset: SampleSource,
     *,
     num_classes: int,
     max_images: int = DEFAULT_MAX_IMAGES,

@@ -41,18 +41,19 @@ def update_weight_stats(
     hist: Tensor,
     sums: Tensor,
     counts: Tensor,
+    low: Tensor | None,
+    high: Tensor | None,
     weights: Tensor,
     labels: Tensor,
     *,
     w_max: float,
     ignore_index: int = 255,
-    low: Tensor | None = None,
-    high: Tensor | None = None,
 ) -> None:
-    """Add one batch of applied weights to the statistics, in place; vectorised (bincount), no device sync.
+    """Add one batch of applied weights to the statistics, in place; vectorised (bincount, one device sync).
 
-    hist (K, NUM_BINS), sums (K,), counts (K,), and optionally low (K,), high (K,): float64 accumulators, on any
-    device. weights (B,H,W) float; labels (B,H,W) long. Only pixels with a label in [0, K) count (so `ignore_index`
+    hist (K, NUM_BINS), sums (K,), counts (K,), low (K,), high (K,): float64 accumulators on any device, in the order
+    of `empty_weight_stats` (low / high may be None to skip the exact counters).
+    weights (B,H,W) float; labels (B,H,W) long. Only pixels with a label in [0, K) count (so `ignore_index`
     and any stray value are skipped). Weights above w_max (possible only when w_max < 1) go to the last bin.
     """
     num_classes = hist.shape[0]

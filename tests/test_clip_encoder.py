@@ -198,6 +198,7 @@ def test_open_clip_checkpoint_with_ddp_prefix_loads(tiny: torch.nn.Module, tmp_p
     torch.testing.assert_close(loaded.visual.proj, tiny.visual.proj, atol=0, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit:FutureWarning")
 def test_torchscript_file_loads_without_unpickling(tiny: torch.nn.Module, tmp_path: Path) -> None:
     path = tmp_path / "openai-style.pt"
     images, text = torch.randn(1, 3, 224, 224), torch.zeros(1, 77, dtype=torch.long)

@@ -38,10 +38,7 @@ def test_update_equals_numpy_histogram_per_class_and_accumulates() -> None:
     stats = empty_weight_stats(K)
     batches = [_random_batch(0), _random_batch(1)]
     for weights, labels in batches:
-        update_weight_stats(
-            stats["hist"], stats["sums"], stats["counts"], weights, labels,
-            w_max=W_MAX, low=stats["low"], high=stats["high"],
-        )  # fmt: skip
+        update_weight_stats(*stats.values(), weights, labels, w_max=W_MAX)
     w = np.concatenate([b[0].numpy().ravel() for b in batches]).astype(np.float64)
     y = np.concatenate([b[1].numpy().ravel() for b in batches])
     for k in range(K):
@@ -52,16 +49,17 @@ def test_update_equals_numpy_histogram_per_class_and_accumulates() -> None:
         assert stats["low"][k].item() == (w[y == k] < 0.5).sum()
         assert stats["high"][k].item() == (w[y == k] > 2.0).sum()
     assert stats["hist"].sum().item() == (y != 255).sum()  # ignored pixels are not counted
+    assert list(stats) == ["hist", "sums", "counts", "low", "high"]  # the positional order of update_weight_stats
+    no_exact = empty_weight_stats(K)
+    update_weight_stats(no_exact["hist"], no_exact["sums"], no_exact["counts"], None, None, *batches[0], w_max=W_MAX)
+    assert no_exact["counts"].sum().item() == (batches[0][1] != 255).sum()
 
 
 def test_summary_fractions_means_and_json() -> None:
     stats = empty_weight_stats(K)
     weights = torch.tensor([[[0.2, 0.6, 2.5, 1.0], [0.46, 2.05, 3.0, 9.0]]])
     labels = torch.tensor([[[0, 0, 0, 0], [1, 1, 1, 255]]])
-    update_weight_stats(
-        stats["hist"], stats["sums"], stats["counts"], weights, labels,
-        w_max=W_MAX, low=stats["low"], high=stats["high"],
-    )  # fmt: skip
+    update_weight_stats(*stats.values(), weights, labels, w_max=W_MAX)
     names = ["road", "sidewalk", "building"]
     exact = summarize_weight_stats(
         stats["hist"], stats["sums"], stats["counts"], names, w_max=W_MAX, low=stats["low"], high=stats["high"]

@@ -130,7 +130,9 @@ DEFAULT_PRESET = "vit-b16"
 def get_preset(name: str) -> ClipPreset:
     """The preset called `name`, or a PparError listing the known ones."""
     if name not in CLIP_PRESETS:
-        raise PparError(f"Unknown model preset {name!r}: use one of {', '.join(CLIP_PRESETS)} (see `ppar models list`).")
+        raise PparError(
+            f"Unknown model preset {name!r}: use one of {', '.join(CLIP_PRESETS)} (see `ppar models list`)."
+        )
     return CLIP_PRESETS[name]
 
 

@@ -109,7 +109,9 @@ def load_templates(spec: str) -> tuple[str, ...]:
             )
         templates.append(line)
     if not templates:
-        raise PparError(f"Templates file {path} holds no templates: write one template per line, e.g. 'a photo of a {{}}.'.")
+        raise PparError(
+            f"Templates file {path} holds no templates: write one template per line, e.g. 'a photo of a {{}}.'."
+        )
     return tuple(templates)
 
 

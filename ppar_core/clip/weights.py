@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import socket
+import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
 
 # Non-tensor entries OpenAI's TorchScript files keep in their state dict (integers, not weights).
 _TORCHSCRIPT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
-_LOCAL_FILE_HINT = "pass a local weights file instead with --pretrained PATH (.safetensors, open_clip .pt/.bin, or OpenAI's .pt)"
+_LOCAL_FILE_HINT = (
+    "pass a local weights file instead with --pretrained PATH (.safetensors, open_clip .pt/.bin, or OpenAI's .pt)"
+)
 
 
 def is_torchscript_archive(path: str | Path) -> bool:
@@ -60,7 +63,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
             raw: Any = load_file(str(path), device="cpu")
         elif is_torchscript_archive(path):
-            scripted = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch >= 2.9 marks jit.load deprecated; OpenAI's files still need it
+                warnings.simplefilter("ignore", FutureWarning)
+                scripted = torch.jit.load(str(path), map_location="cpu")
             raw = {k: v for k, v in scripted.state_dict().items() if k not in _TORCHSCRIPT_EXTRA_KEYS}
         else:
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -131,7 +136,9 @@ def resolve_pretrained_file(preset: ClipPreset, pretrained: str) -> Path:
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch) if arch else []
         known = f"known tags for {preset.name}: {', '.join(tags)}" if tags else f"{preset.name} has no download tags"
-        raise PparError(f"--pretrained {pretrained!r} is neither an existing file nor a tag ({known}); {_LOCAL_FILE_HINT}.")
+        raise PparError(
+            f"--pretrained {pretrained!r} is neither an existing file nor a tag ({known}); {_LOCAL_FILE_HINT}."
+        )
     cached = _cached_tag_file(cfg)
     if cached:
         return Path(cached)
@@ -142,7 +149,8 @@ def resolve_pretrained_file(preset: ClipPreset, pretrained: str) -> Path:
         return Path(open_clip.download_pretrained(cfg))
     except Exception as exc:
         raise PparError(
-            f"Downloading the {pretrained!r} weights for {preset.name} failed ({type(exc).__name__}): {_LOCAL_FILE_HINT}."
+            f"Downloading the {pretrained!r} weights for {preset.name} failed ({type(exc).__name__}): "
+            f"{_LOCAL_FILE_HINT}."
         ) from exc
 
 
@@ -197,9 +205,9 @@ def load_clip_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
     state_dict = dict(state_dict)
     # Why: an open_clip checkpoint saved at another image size carries another position grid; resample it once.
     resize_pos_embed(state_dict, model)
-    logit_scale = state_dict.get("logit_scale")
-    if logit_scale is not None and logit_scale.ndim != model.logit_scale.ndim:
-        state_dict["logit_scale"] = logit_scale.reshape(model.logit_scale.shape)
+    logit_scale, own_scale = state_dict.get("logit_scale"), getattr(model, "logit_scale", None)
+    if logit_scale is not None and own_scale is not None and logit_scale.ndim != own_scale.ndim:
+        state_dict["logit_scale"] = logit_scale.reshape(own_scale.shape)  # scalar vs (1,) across open_clip versions
     own = model.state_dict()
     # Why: TorchScript exports also carry non-persistent buffers (the text causal mask); they are rebuilt, not loaded.
     for name, _ in model.named_buffers():
@@ -216,7 +224,9 @@ def load_clip_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
         parts = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(unexpected)}" if unexpected else ""]
         parts.append(f"wrong shape {_few(wrong)}" if wrong else "")
         detail = "; ".join(p for p in parts if p)
-        raise PparError(f"Weights from {source} do not fit this architecture ({detail}): pass weights of the same model.")
+        raise PparError(
+            f"Weights from {source} do not fit this architecture ({detail}): pass weights of the same model."
+        )
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -113,7 +113,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 BUILTIN_STYLES: dict[str, Style] = {
     # Game-like source: vivid palette, hard sun, crisp edges and strong textures, no sensor artefacts.
     "synth-source": Style(
-        saturation=1.35, class_tint=0.03, exposure=1.1, contrast=1.15, sun=0.8, texture=1.3, sharpen=0.6,
+        saturation=1.35, class_tint=0.02, exposure=1.1, contrast=1.15, sun=0.8, texture=1.3, sharpen=0.6,
         haze_density=0.002, haze_color=(0.7, 0.8, 0.95),
     ),
     # Camera-like target: muted and slightly cool palette, soft optics, sensor noise, JPEG, vignetting.
@@ -189,11 +189,11 @@ def load_style_file(path: Path) -> dict[str, Style]:
 
 # Material texture amplitudes per class (fine grain, coarse blotches), as a fraction of the base colour.
 _TEXTURE_BY_NAME: dict[str, tuple[float, float]] = {
-    "road": (0.07, 0.12), "sidewalk": (0.05, 0.08), "building": (0.04, 0.08), "wall": (0.05, 0.1),
-    "fence": (0.05, 0.05), "pole": (0.02, 0.03), "traffic light": (0.02, 0.0), "traffic sign": (0.01, 0.0),
-    "vegetation": (0.25, 0.25), "terrain": (0.15, 0.2), "sky": (0.0, 0.0), "person": (0.04, 0.05),
-    "rider": (0.04, 0.05), "car": (0.02, 0.03), "truck": (0.03, 0.05), "bus": (0.02, 0.04), "train": (0.02, 0.04),
-    "motorcycle": (0.03, 0.03), "bicycle": (0.02, 0.02),
+    "road": (0.06, 0.05), "sidewalk": (0.04, 0.04), "building": (0.03, 0.04), "wall": (0.04, 0.05),
+    "fence": (0.04, 0.03), "pole": (0.02, 0.02), "traffic light": (0.02, 0.0), "traffic sign": (0.01, 0.0),
+    "vegetation": (0.2, 0.12), "terrain": (0.12, 0.1), "sky": (0.0, 0.0), "person": (0.03, 0.03),
+    "rider": (0.03, 0.03), "car": (0.015, 0.02), "truck": (0.02, 0.03), "bus": (0.015, 0.02), "train": (0.015, 0.02),
+    "motorcycle": (0.02, 0.02), "bicycle": (0.02, 0.02),
 }  # fmt: skip
 _TEXTURE = np.array([_TEXTURE_BY_NAME[n] for n in CLASS_NAMES], dtype=np.float32)  # (19, 2)
 # Emitted colour of each light kind (RGB 0-1, before light_intensity); windows use their own warm tone.
@@ -211,6 +211,20 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
+_GRAIN_TILE: list[np.ndarray] = []
+
+
+def _grain(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Fine material grain (H,W) float32, unit std: a random window of a fixed noise tile (much cheaper than
+    drawing fresh normals for every pixel; textures need no independence between images)."""
+    if h > 512 or w > 1024:
+        return rng.standard_normal((h, w), dtype=np.float32)
+    if not _GRAIN_TILE:
+        _GRAIN_TILE.append(np.random.default_rng(20250715).standard_normal((1024, 2048), dtype=np.float32))
+    y, x = int(rng.integers(0, 1024 - h + 1)), int(rng.integers(0, 2048 - w + 1))
+    return _GRAIN_TILE[0][y : y + h, x : x + w]
+
+
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
 
@@ -220,78 +234,100 @@ def _wide_glow(emit: np.ndarray, sigma: float) -> np.ndarray:
     h, w = emit.shape[:2]
     small = cv2.resize(emit, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), sigmaX=sigma / 4, sigmaY=sigma / 3)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) * 16.0
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def render(layout: Layout, style: Style, rng: np.random.Generator) -> np.ndarray:
     """Render a layout in a style: -> image (H,W,3) uint8 RGB. Randomness (textures, lit windows, noise) uses `rng`."""
-    labels, parts = layout.labels, layout.parts
-    h, w = labels.shape
+    parts = layout.parts
+    h, w = parts.shape
     scale = w / 512.0  # blur sizes are specified at 512 px width
-    albedo = layout.part_colors[parts]  # (H,W,3) float32 in 0-1
+    sky_class = CLASS_NAMES.index("sky")
 
-    # Palette: per-class tint, material texture, then hue rotation and saturation as one 3x3 colour matrix.
+    # Per part (cheap, P rows): class tint, hue and saturation matrix, ambient and sun shading by facing. The matrix
+    # keeps grey grey, so it commutes with the grey texture multiplier applied per pixel below.
     tint = np.exp(rng.normal(0.0, style.class_tint, size=(NUM_CLASSES, 3))).astype(np.float32)
-    fine = rng.standard_normal((h, w), dtype=np.float32)
-    coarse = _smooth_noise(rng, h, w, 24)
-    amp = _TEXTURE[labels] * style.texture
-    albedo = albedo * tint[labels] * (1.0 + amp[..., 0] * fine + amp[..., 1] * coarse)[..., None]
-    sky = labels == CLASS_NAMES.index("sky")
-    rows = (np.arange(h, dtype=np.float32) - layout.horizon)[:, None] / h
-    clouds = np.clip(_smooth_noise(rng, h, w, 8) * 0.6 - 0.2, 0.0, 1.0) * min(style.texture, 1.5) * 0.7
-    sky_white = np.clip(0.55 + 1.2 * rows, 0.0, 0.75) + clouds  # paler towards the horizon, plus clouds
-    albedo = np.where(sky[..., None], albedo + (0.95 - albedo) * np.clip(sky_white, 0, 1)[..., None], albedo)
-    albedo = albedo @ _color_matrix(style).T
-
-    # Lighting: ambient times directional sun by facing, plus light sources when they are on.
-    sun_side = 1.0 if rng.random() < 0.5 else -1.0
     gain = _SUN_GAIN.copy()
-    if sun_side < 0:
+    if rng.random() < 0.5:  # sun from the right: swap which street side is lit
         gain[[FACE_LEFT, FACE_RIGHT]] = gain[[FACE_RIGHT, FACE_LEFT]]
-    facing = layout.part_facing[parts]
-    illum = style.ambient * (1.0 + style.sun * gain[facing]) / (1.0 + 0.2 * style.sun)
-    image = albedo * illum[..., None]
+    illum = style.ambient * (1.0 + style.sun * gain[layout.part_facing]) / (1.0 + 0.2 * style.sun)
+    table = np.empty((len(layout.part_labels), 5), dtype=np.float32)
+    table[:, :3] = (layout.part_colors * tint[layout.part_labels]) @ _color_matrix(style).T * illum[:, None]
+    table[:, 3:] = _TEXTURE[layout.part_labels] * style.texture
+    looked = np.take(table, parts, axis=0)  # (H,W,5): lit colour and texture amplitudes of every pixel
+    image = (
+        looked[..., :3]
+        * (1.0 + looked[..., 3] * _grain(rng, h, w) + looked[..., 4] * _smooth_noise(rng, h, w, 48))[..., None]
+    )
+
+    # Sky: paler towards the horizon, with soft clouds; only the rows that hold sky are touched.
+    sky_rows = np.flatnonzero((layout.part_labels[parts[:, :: max(1, w // 64)]] == sky_class).any(axis=1))
+    top = int(sky_rows[-1]) + 1 if len(sky_rows) else 0
+    if top:
+        rows = (np.arange(top, dtype=np.float32) - layout.horizon)[:, None] / h
+        clouds = np.clip(_smooth_noise(rng, top, w, 8) * 0.6 - 0.2, 0.0, 1.0) * min(style.texture, 1.5) * 0.7
+        mix = np.clip(np.clip(0.55 + 1.2 * rows, 0.0, 0.75) + clouds, 0.0, 1.0)
+        mix *= layout.labels[:top] == sky_class
+        white = 0.95 * style.ambient
+        image[:top] += (white - image[:top]) * mix[..., None]
+
     if style.light_intensity > 0:
         kinds = layout.part_lights
         on = (kinds != LIGHT_NONE) & ((kinds != LIGHT_WINDOW) | (rng.random(kinds.shape) < style.lit_window_fraction))
-        # Traffic signals glow in their own colour (red, amber or green); other lights have a fixed tone.
+        # Traffic signals glow in their own colour (red, amber or green); other lights have a fixed tone, and lit
+        # windows vary in brightness.
         tone = np.where((kinds == LIGHT_SIGNAL)[:, None], layout.part_colors, _LIGHT_COLORS[kinds])
-        part_emit = np.where(on[:, None], tone, 0.0).astype(np.float32)
-        # Lit windows vary in warmth and brightness; lamps and car lights are uniform.
-        part_emit *= np.where(kinds == LIGHT_WINDOW, rng.uniform(0.5, 1.0, kinds.shape), 1.0)[:, None].astype(
-            np.float32
-        )
-        emit = part_emit[parts] * style.light_intensity
-        glow = _wide_glow(emit, 22.0 * scale)
-        image = image + albedo * glow * 2.5 + emit + _blur(emit, 2.5 * scale) * 0.8
+        bright = np.where(kinds == LIGHT_WINDOW, rng.uniform(0.4, 1.0, kinds.shape), 1.0)
+        part_emit = (np.where(on[:, None], tone, 0.0) * bright[:, None] * style.light_intensity).astype(np.float32)
+        emit = np.take(part_emit, parts, axis=0)
+        # Light falls on nearby surfaces (wide glow times the surface colour) and blooms around the sources.
+        albedo = table[:, :3] / np.maximum(illum[:, None], 1e-3)
+        image += np.take(albedo, parts, axis=0) * _wide_glow(emit, 24.0 * scale) * 6.0
+        image += emit * 0.7 + _blur(emit, 2.0 * scale) * 0.6
 
     # Depth haze (Koschmieder): a fraction exp(-beta d) of the light survives, the rest is airlight.
     if style.haze_density > 0:
-        trans = np.exp(-style.haze_density * layout.depth)[..., None]
-        image = image * trans + np.asarray(style.haze_color, dtype=np.float32) * (1.0 - trans)
+        airlight = np.asarray(style.haze_color, dtype=np.float32)
+        image -= airlight
+        image *= np.exp(-style.haze_density * layout.depth)[..., None]
+        image += airlight
 
-    # Camera: exposure, white balance, contrast, tone curve, vignetting, optics, sensor, compression.
+    # Camera: exposure and white balance, contrast, vignetting, optics, sensor noise, tone curve, JPEG.
     temp = style.color_temperature
-    image = image * (style.exposure * np.array([1 + 0.12 * temp, 1.0, 1 - 0.15 * temp], dtype=np.float32))
+    image *= style.exposure * np.array([1 + 0.12 * temp, 1.0, 1 - 0.15 * temp], dtype=np.float32)
     mean = float(image.mean())
-    image = np.clip(mean + (image - mean) * style.contrast, 0.0, 1.0) ** (1.0 / style.gamma)
+    image -= mean
+    image *= style.contrast
+    image += mean
     if style.vignette > 0:
         yy = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
         xx = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
-        image = image * (1.0 - style.vignette * 0.5 * (xx**2 + yy**2))[..., None]
-    image = image.astype(np.float32)
+        image *= (1.0 - style.vignette * 0.5 * (xx**2 + yy**2))[..., None]
     if style.blur_sigma > 0:
         image = _blur(image, style.blur_sigma * scale)
     if style.sharpen > 0:
-        image = image + style.sharpen * (image - _blur(image, 1.0 * scale))
+        image += style.sharpen * (image - _blur(image, 1.0 * scale))
     if style.noise > 0:
-        shot = np.sqrt(np.clip(image, 0.0, 1.0) + 0.01)  # brighter pixels carry more (photon) noise
-        image = image + style.noise * shot * rng.standard_normal(image.shape, dtype=np.float32)
-    out = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        # Luminance noise per pixel plus coarser chroma noise, stronger in bright pixels (photon noise).
+        luma = rng.standard_normal((h, w), dtype=np.float32)
+        chroma = cv2.resize(rng.standard_normal((max(1, h // 2), max(1, w // 2), 3), dtype=np.float32), (w, h))
+        shot = np.sqrt(np.maximum(image, 0.0) + 0.01)
+        image += style.noise * shot * (luma[..., None] + 0.5 * chroma)
+    np.maximum(image, 0.0, out=image)
+    out = cv2.convertScaleAbs(image, alpha=255.0)  # rounds and saturates at 255
+    if style.gamma != 1.0:
+        out = cv2.LUT(out, _gamma_lut(style.gamma))
     if style.jpeg_quality is not None:
         ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, style.jpeg_quality])
-        out = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
-    return out
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        if not ok or decoded is None:  # pragma: no cover - OpenCV only fails here on out-of-memory
+            raise RuntimeError("JPEG round trip failed")
+        out = decoded[..., ::-1]
+    return np.ascontiguousarray(out)
+
+
+def _gamma_lut(gamma: float) -> np.ndarray:
+    return np.clip((np.arange(256) / 255.0) ** (1.0 / gamma) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _color_matrix(style: Style) -> np.ndarray:

@@ -15,7 +15,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from ppar_core.errors import PparError
 from ppar_core.labels import CLASS_NAMES
 from ppar_core.losses import ppar_loss
 from ppar_core.metrics import SegMetrics
-from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor
+from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor, resolve_model_config
 from ppar_core.reliability import update_weight_stats
 from ppar_core.runtime import autocast, capture_rng_state, restore_rng_state, seed_everything
 
@@ -175,7 +175,7 @@ def train(
 
     `on_log(record)` receives every metrics.jsonl record (rank 0), for progress display.
     """
-    cfg.validate()
+    cfg = replace(cfg, model=resolve_model_config(cfg.model)).validate()
     out = Path(cfg.out)
     model_path = out / MODEL_FILE
     dist = init_distributed(cfg.device)

@@ -11,7 +11,7 @@ reweighting live here as buffers so they travel with every checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,6 +87,37 @@ class PPARSegmentor(nn.Module):
         return self.weight_hist, self.weight_sum, self.weight_count, self.weight_low, self.weight_high
 
 
+def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
+    """Make `pretrained` and `quick_gelu` concrete, so that the saved config rebuilds the same model offline."""
+    from ppar_core.clip.presets import get_preset
+    from ppar_core.clip.weights import resolve_quick_gelu
+
+    preset = get_preset(cfg.preset)
+    pretrained = cfg.pretrained
+    if pretrained == "default":
+        pretrained = preset.default_pretrained
+    elif pretrained is not None and pretrained.lower() == "none":
+        pretrained = None
+    quick_gelu = cfg.quick_gelu if cfg.quick_gelu is not None else resolve_quick_gelu(preset, pretrained)
+    return replace(cfg, pretrained=pretrained, quick_gelu=quick_gelu)
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    """Replace every BatchNorm2d (CLIP ResNets) by a frozen copy: batches of 1-8 crops must not retrain the statistics."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            _freeze_batchnorm(child)
+
+
 def build_segmentor(
     cfg: ModelConfig,
     *,
@@ -99,40 +130,41 @@ def build_segmentor(
     The OTP comes from `otp` when given (e.g. zeros before a checkpoint is loaded over it), else from the prototypes
     file `cfg.prototypes`, else from the CLIP text tower with `cfg.templates` (the text tower is dropped afterwards).
     `pretrained=True` loads `cfg.pretrained`; pass None to skip weight loading (a checkpoint will be loaded instead).
+    `cfg` should have been through `resolve_model_config`.
     """
-    from ppar_core.clip.encoder import build_clip_model, get_tokenizer
     from ppar_core.clip.presets import get_preset
-    from ppar_core.clip.text import CLASS_PROMPTS, build_text_prototypes, load_templates
+    from ppar_core.clip.text import build_text_prototypes, class_prompt_names, load_templates
+    from ppar_core.clip.weights import build_clip_model, get_tokenizer
     from ppar_core.labels import CLASS_NAMES, NUM_CLASSES
-    from ppar_core.prototypes import PROTOTYPES_FORMAT_VERSION, Prototypes, load_prototypes
+    from ppar_core.prototypes import Prototypes, load_prototypes
 
     preset = get_preset(cfg.preset)
     weights = cfg.pretrained if pretrained is True else (pretrained or None)
-    clip = build_clip_model(preset, pretrained=weights)
+    clip = build_clip_model(preset, pretrained=weights, quick_gelu=cfg.quick_gelu)
     if otp is not None:
         protos = Prototypes(otp=otp, visual=init_visual, visual_counts=None, meta={"source": "given"})
     elif cfg.prototypes:
         protos = load_prototypes(Path(cfg.prototypes), expect_dim=preset.embed_dim, expect_classes=NUM_CLASSES)
     else:
         templates = load_templates(cfg.templates)
-        names = [CLASS_PROMPTS.get(n, (n,)) for n in CLASS_NAMES]
-        with torch.no_grad():
-            text_otp = build_text_prototypes(clip, get_tokenizer(preset), names, templates)
+        names = class_prompt_names(CLASS_NAMES)
+        text_otp = build_text_prototypes(clip, get_tokenizer(preset), names, templates)
         protos = Prototypes(
             otp=text_otp,
             visual=None,
             visual_counts=None,
             meta={
-                "format_version": PROTOTYPES_FORMAT_VERSION,
                 "model": preset.name,
-                "pretrained": weights or "none",
-                "class_names": list(CLASS_NAMES),
+                "pretrained": weights or "none (random weights)",
+                "classes": list(CLASS_NAMES),
                 "templates": list(templates),
                 "label_space": "cityscapes",
                 "dim": preset.embed_dim,
             },
         )
     encoder = DenseClipEncoder(clip.visual, preset)
+    if preset.kind == "resnet":
+        _freeze_batchnorm(encoder)
     del clip  # the text tower is not part of the trained model
     visual = init_visual if init_visual is not None else protos.visual
     model = PPARSegmentor(encoder, protos.otp, head_cfg=cfg.head, vtp_cfg=cfg.vtp, init_visual=visual)

@@ -1,0 +1,476 @@
+"""The camera and the static street of a synthetic scene: the painter's canvas, road, roadside and furniture.
+
+`Scene` is a pinhole camera over a canvas of part ids: every primitive it draws is a new part (class, base colour,
+light kind, facing, depth rule), so labels, depth and colours of a `Layout` come from the same pixels. The functions
+here lay out everything that does not move: the street cross-section and its ground (`lay_street`), the distant
+skyline (`background`), buildings, parks, walls and fences (`roadside`) and poles, lights and signs (`furniture`).
+Traffic and people are in `synth_objects`; `synth.generate_layout` puts the scene together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ppar_core.data.synth_styles import (
+    FACE_CAMERA,
+    FACE_LEFT,
+    FACE_RIGHT,
+    FACE_SKY,
+    FACE_UP,
+    LIGHT_LAMP,
+    LIGHT_NONE,
+    LIGHT_SIGNAL,
+    LIGHT_WINDOW,
+)
+from ppar_core.labels import CLASS_NAMES
+
+__all__ = ["GLASS", "SKY_DEPTH", "Color", "Scene", "Street", "background", "furniture", "lay_street", "roadside"]
+
+SKY_DEPTH = 1000.0  # metres given to the sky in the depth map (haze saturates well before)
+
+_ID = {name: i for i, name in enumerate(CLASS_NAMES)}
+_ROAD, _SIDEWALK, _BUILDING, _WALL, _FENCE, _POLE, _TLIGHT, _SIGN, _VEG, _TERRAIN, _SKY = (
+    _ID[n] for n in ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                     "vegetation", "terrain", "sky")
+)  # fmt: skip
+_FAR = 3000.0  # metres: the far end of the ground planes (projects onto the horizon)
+GLASS = (0.13, 0.15, 0.19)
+_WINDOW_GROUPS = 8  # parts per facade among which windows are shared (lit or dark together)
+Color = tuple[float, float, float]
+# Base colours (RGB 0-1) by material; one is drawn per object and jittered, so each class keeps a typical look.
+_FACADES: tuple[Color, ...] = ((0.62, 0.56, 0.48), (0.55, 0.55, 0.55), (0.6, 0.42, 0.35), (0.72, 0.7, 0.64),
+                               (0.48, 0.46, 0.44), (0.66, 0.6, 0.5))  # fmt: skip
+_SIGNAL: tuple[Color, ...] = ((1.0, 0.15, 0.1), (1.0, 0.7, 0.1), (0.2, 1.0, 0.45))  # red, amber, green
+
+
+class Scene:
+    """A painter's canvas of part ids and the pinhole camera that projects street coordinates onto it.
+
+    Street coordinates in metres: x to the right, y up from the ground, z forward from the camera.
+    """
+
+    def __init__(self, rng: np.random.Generator, h: int, w: int) -> None:
+        self.rng, self.h, self.w = rng, h, w
+        self.f = w * rng.uniform(0.8, 1.0)  # focal length in pixels: a 53-64 degree horizontal field of view
+        self.cam_h = rng.uniform(1.3, 1.7)
+        self.horizon = h * rng.uniform(0.36, 0.46)
+        self.vx = w * rng.uniform(0.42, 0.58)
+        self.parts = np.zeros((h, w), dtype=np.uint16)
+        self._rows: list[tuple[int, Color, int, int, int, float]] = [
+            (_SKY, (0.42, 0.62, 0.88), LIGHT_NONE, FACE_SKY, 0, SKY_DEPTH)
+        ]
+        self._items: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._jitter: list[float] = rng.standard_normal(3 * 2048).tolist()
+        self._next = 0
+
+    # -- parts and ordering --------------------------------------------------------------------------------------
+    def part(
+        self,
+        label: int,
+        color: Sequence[float] | np.ndarray,
+        z: float,
+        *,
+        jitter: float = 0.05,
+        light: int = LIGHT_NONE,
+        facing: int = FACE_CAMERA,
+        kind: int = 0,
+    ) -> int:
+        """A new part id; `kind` 0: constant depth z, 1: ground plane, 2: wall parallel to the street at |x| = z."""
+        # Colour jitter comes from a pre-drawn block of normals: drawing per part would dominate the layout time.
+        n, i = self._jitter, self._next
+        self._next = (i + 3) % len(n)
+        # Mostly brightness, a little hue: independent channel jitter would tint grey materials (roads) purple.
+        gains = (n[i] + 0.25 * n[i + 1], n[i] + 0.25 * n[i + 2], n[i] - 0.25 * (n[i + 1] + n[i + 2]))
+        c = tuple(min(1.0, max(0.0, float(color[k]) * (1.0 + jitter * gains[k]))) for k in range(3))
+        self._rows.append((label, (c[0], c[1], c[2]), light, facing, kind, float(z)))
+        if len(self._rows) >= 65535:  # pragma: no cover - a 512x1024 scene uses about 2,000
+            raise RuntimeError("too many parts in one synthetic scene")
+        return len(self._rows) - 1
+
+    def later(self, key: float, fn: Callable[..., None], *args: Any) -> None:
+        """Queue a drawing; `finish` runs them far to near (descending key) so nearer objects occlude."""
+        self._items.append((key, len(self._items), fn, args))
+
+    def finish(self) -> None:
+        for _, _, fn, args in sorted(self._items, key=lambda item: (-item[0], item[1])):
+            fn(self, *args)
+        self._items.clear()
+
+    def tables(self) -> dict[str, np.ndarray]:
+        return {
+            "label": np.array([r[0] for r in self._rows], dtype=np.uint8),
+            "color": np.array([r[1] for r in self._rows], dtype=np.float32),
+            "light": np.array([r[2] for r in self._rows], dtype=np.uint8),
+            "facing": np.array([r[3] for r in self._rows], dtype=np.uint8),
+            "depth_kind": np.array([r[4] for r in self._rows], dtype=np.uint8),
+            "depth_param": np.array([r[5] for r in self._rows], dtype=np.float32),
+        }
+
+    # -- primitives: every one writes only part ids, so labels, depth and colour share the same pixels -------------
+    # Points are projected in plain Python (a handful per primitive: numpy's per-call overhead would dominate) to
+    # OpenCV fixed point with 4 fractional bits (shift=4), which keeps small, far objects in the right place.
+    def pt(self, x: float, y: float, z: float) -> tuple[int, int]:
+        """Street point (x, y, z) -> fixed-point pixel (16 u, 16 v); z is clamped to the 0.3 m near plane."""
+        z = z if z > 0.3 else 0.3
+        return round((self.vx + self.f * x / z) * 16.0), round((self.horizon + self.f * (self.cam_h - y) / z) * 16.0)
+
+    def poly(self, pid: int, points: Sequence[tuple[float, float, float]]) -> None:
+        cv2.fillPoly(self.parts, [np.array([self.pt(*p) for p in points], dtype=np.int32)], pid, cv2.LINE_8, 4)
+
+    def flat(self, pid: int, xs: Sequence[float], ys: Sequence[float], z: float) -> None:
+        """A polygon in the vertical plane z = const (facing the camera)."""
+        self.poly(pid, [(x, y, z) for x, y in zip(xs, ys, strict=True)])
+
+    def ground(self, pid: int, x0: float, x1: float, z0: float, z1: float) -> None:
+        self.poly(pid, ((x0, 0.0, z0), (x1, 0.0, z0), (x1, 0.0, z1), (x0, 0.0, z1)))
+
+    def side(self, pid: int, x: float, y0: float, y1: float, z0: float, z1: float) -> None:
+        """A rectangle in the vertical plane x = const (parallel to the street)."""
+        self.poly(pid, ((x, y0, z0), (x, y1, z0), (x, y1, z1), (x, y0, z1)))
+
+    def front(self, pid: int, x0: float, x1: float, y0: float, y1: float, z: float) -> None:
+        """A rectangle in the vertical plane z = const (facing the camera)."""
+        self.poly(pid, ((x0, y0, z), (x1, y0, z), (x1, y1, z), (x0, y1, z)))
+
+    def disc(self, pid: int, x: float, y: float, z: float, r: float, *, ring: float = 0.0) -> None:
+        z = max(z, 0.3)
+        thick = -1 if ring <= 0 else max(1, round(self.f * ring / z))
+        cv2.circle(self.parts, self.pt(x, y, z), round(16 * self.f * r / z), pid, thick, cv2.LINE_8, 4)
+
+    def stroke(self, pid: int, a: tuple[float, float], b: tuple[float, float], z: float, width: float) -> None:
+        """A thick segment between (x, y) points a and b in the plane z = const."""
+        thick = max(1, round(self.f * width / max(z, 0.3)))
+        cv2.line(self.parts, self.pt(a[0], a[1], z), self.pt(b[0], b[1], z), pid, thick, cv2.LINE_8, 4)
+
+    def box(
+        self,
+        color: Color,
+        label: int,
+        x0: float,
+        x1: float,
+        y0: float,
+        y1: float,
+        z0: float,
+        z1: float,
+        *,
+        front: Color | None = None,
+    ) -> tuple[int, int]:
+        """The visible faces of an axis-aligned box (side, top, then front) -> (side part, front part)."""
+        side_pid = front_pid = 0
+        if x1 < 0 or x0 > 0:
+            xs = x1 if x1 < 0 else x0
+            side_pid = self.part(label, color, abs(xs), jitter=0.02, facing=FACE_LEFT if x1 < 0 else FACE_RIGHT, kind=2)
+            self.side(side_pid, xs, y0, y1, z0, z1)
+        if y1 < self.cam_h:
+            top = self.part(label, color, z0, jitter=0.02, facing=FACE_UP)
+            self.poly(top, ((x0, y1, z0), (x1, y1, z0), (x1, y1, z1), (x0, y1, z1)))
+        front_pid = self.part(label, front or color, z0, jitter=0.02)
+        self.front(front_pid, x0, x1, y0, y1, z0)
+        return side_pid, front_pid
+
+    def choice(self, options: Sequence[Color]) -> Color:
+        return options[int(self.rng.integers(len(options)))]
+
+
+@dataclass
+class Street:
+    """The street cross-section: road edges, lanes, building lines (x in metres) and an optional side street."""
+
+    xl: float  # left road edge (negative)
+    xr: float  # right road edge
+    lane_w: float
+    lanes: np.ndarray  # (n,) lane centres
+    oncoming: np.ndarray  # (n,) bool: traffic towards the camera (left half of the road)
+    lines: tuple[float, float]  # building-line distance on the left, on the right (positive)
+    cross: tuple[float, float] | None  # (z, width) of a side street, or None
+    tram: int | None  # lane index of a tram line, or None
+    parking: tuple[bool, bool]  # parked cars along the left, right curb
+
+    def edge(self, side: int) -> float:
+        return -self.xl if side < 0 else self.xr
+
+    def in_cross(self, z0: float, z1: float) -> bool:
+        return self.cross is not None and z1 > self.cross[0] - 1.5 and z0 < self.cross[0] + self.cross[1]
+
+
+def lay_street(s: Scene) -> Street:
+    rng = s.rng
+    n = int(rng.integers(2, 5))
+    lane_w = rng.uniform(3.0, 3.6)
+    own = int(rng.integers(n // 2, n))  # right-hand traffic: the camera drives in the right half
+    xl = -(own + rng.uniform(0.25, 0.75)) * lane_w
+    xr = xl + n * lane_w
+    walks = rng.uniform(2.0, 4.5, 2)
+    cross = (float(rng.uniform(14, 40)), float(rng.uniform(9, 14))) if rng.random() < 0.55 else None
+    tram = int(rng.integers(n)) if rng.random() < 0.3 else None
+    parking = (bool(rng.random() < 0.3 and n > 2), bool(rng.random() < 0.45))
+    st = Street(
+        xl,
+        xr,
+        lane_w,
+        xl + lane_w * (np.arange(n) + 0.5),
+        np.arange(n) < n // 2,
+        (-xl + walks[0], xr + walks[1]),
+        cross,
+        tram,
+        parking,
+    )
+
+    # Ground, bottom layer first: terrain everywhere, sidewalks, grass verges, road, curbs, markings.
+    s.ground(s.part(_TERRAIN, (0.36, 0.47, 0.2), 0, jitter=0.1, facing=FACE_UP, kind=1), -3000, 3000, 1, _FAR)
+    walk = s.part(_SIDEWALK, (0.62, 0.6, 0.57), 0, jitter=0.08, facing=FACE_UP, kind=1)
+    joint = s.part(_SIDEWALK, (0.5, 0.49, 0.47), 0, facing=FACE_UP, kind=1)
+    curb = s.part(_SIDEWALK, (0.74, 0.73, 0.7), 0, facing=FACE_UP, kind=1)
+    road = s.part(_ROAD, (0.3, 0.3, 0.32), 0, jitter=0.1, facing=FACE_UP, kind=1)
+    paint = s.part(_ROAD, (0.86, 0.86, 0.82), 0, jitter=0.03, facing=FACE_UP, kind=1)
+    for side, d in ((-1, st.lines[0]), (1, st.lines[1])):
+        e = st.edge(side)
+        s.ground(walk, side * e, side * d, 1, _FAR)
+        for z in np.arange(rng.uniform(1, 3), 30, 1.8):  # paving joints, only where they are visible
+            s.ground(joint, side * e, side * d, z, z + 0.06)
+        if rng.random() < 0.3:
+            s.ground(
+                s.part(_TERRAIN, (0.33, 0.5, 0.2), 0, jitter=0.1, facing=FACE_UP, kind=1),
+                side * (e + 0.3),
+                side * (e + 0.3 + rng.uniform(0.8, 2.0)),
+                1,
+                _FAR,
+            )
+    s.ground(road, xl, xr, 1, _FAR)
+    if cross is not None:
+        s.ground(road, -400, 400, cross[0], cross[0] + cross[1])
+        for x in np.arange(xl + 0.5, xr - 0.3, 1.0):  # zebra crossing before the side street
+            s.ground(paint, x, x + 0.5, cross[0] - 4.5, cross[0] - 1.5)
+    for side in (-1, 1):
+        s.ground(curb, side * st.edge(side), side * (st.edge(side) + 0.25), 1, _FAR)
+    for k in range(1, n):
+        x = xl + k * lane_w
+        if k == n // 2:  # solid line between the two directions
+            s.ground(paint, x - 0.08, x + 0.08, 1, _FAR)
+            continue
+        period = rng.uniform(9, 12)
+        for z in np.arange(rng.uniform(0, period), 140, period):
+            if not st.in_cross(z, z + 3):
+                s.ground(paint, x - 0.07, x + 0.07, z, z + 3)
+    if tram is not None:
+        rail = s.part(_ROAD, (0.5, 0.5, 0.52), 0, facing=FACE_UP, kind=1)
+        for off in (-0.79, -0.65, 0.65, 0.79):
+            s.ground(rail, st.lanes[tram] + off - 0.035, st.lanes[tram] + off + 0.035, 1, _FAR)
+    return st
+
+
+def background(s: Scene) -> None:
+    rng = s.rng
+    if rng.random() < 0.8:  # a distant skyline closing the street
+        zb = rng.uniform(250, 450)
+        x = -0.9 * zb
+        while x < 0.9 * zb:
+            wb = rng.uniform(15, 45)
+            pid = s.part(_BUILDING, (0.56, 0.58, 0.63), zb, jitter=0.08)
+            s.later(zb, Scene.front, pid, x, x + wb, 0.0, rng.uniform(8, 65), zb)
+            x += wb
+    if rng.random() < 0.5:  # a line of distant trees
+        zt = rng.uniform(130, 240)
+        for x in np.arange(-0.8 * zt, 0.8 * zt, rng.uniform(6, 10)):
+            pid = s.part(_VEG, (0.2, 0.36, 0.12), zt, jitter=0.15)
+            s.later(zt, Scene.disc, pid, x, rng.uniform(3, 7), zt, rng.uniform(4, 8))
+
+
+def _draw_facade(s: Scene, side: int, d: float, z0: float, z1: float, height: float, color: Color) -> None:
+    rng = s.rng
+    face = FACE_LEFT if side < 0 else FACE_RIGHT
+    x = side * d
+    s.side(s.part(_BUILDING, color, d, jitter=0.03, facing=face, kind=2), x, 0, height, z0, z1)
+    s.side(s.part(_BUILDING, np.multiply(color, 0.75), d, facing=face, kind=2), x, height - 0.5, height, z0, z1)
+    # Windows: a regular grid per building, each its own part so that a random subset can be lit at night.
+    floor_h, pitch = rng.uniform(2.8, 3.6), rng.uniform(2.2, 3.6)
+    ww, wh = rng.uniform(0.8, min(1.6, pitch - 0.5)), rng.uniform(1.1, 1.8)
+    zs = np.arange(z0 + 1.0, z1 - ww - 0.5, pitch)
+    zs = zs[zs > 0.5]  # behind the near plane a window would project mirrored
+    ys = np.arange(floor_h + 0.9, height - wh - 0.6, floor_h)
+    if len(zs) and len(ys) and s.f * wh / z1 >= 0.7:  # skip windows that would be under a pixel tall
+        zz, yy = (a.ravel() for a in np.meshgrid(zs, ys))
+        ys4, zs4 = np.stack([yy, yy + wh, yy + wh, yy], 1), np.stack([zz, zz, zz + ww, zz + ww], 1)
+        pts = np.stack([s.vx + s.f * x / zs4, s.horizon + s.f * (s.cam_h - ys4) / zs4], -1)  # (N,4,2) pixels
+        pts = np.rint(pts * 16.0).astype(np.int32)
+        glass = np.asarray(GLASS) * rng.uniform(0.8, 1.3)
+        # Windows fall at random into a few parts (each lit or dark as a whole at night), drawn in one call each:
+        # one part per window would make windows the bulk of the layout time.
+        group = rng.integers(0, _WINDOW_GROUPS, len(pts))
+        for g in range(_WINDOW_GROUPS):
+            pid = s.part(_BUILDING, glass, d, light=LIGHT_WINDOW, facing=face, kind=2)
+            if np.any(group == g):
+                cv2.fillPoly(s.parts, list(pts[group == g]), pid, cv2.LINE_8, 4)
+    if rng.random() < 0.5:  # shop fronts on the ground floor
+        for zs0 in np.arange(z0 + 0.8, z1 - 3.0, rng.uniform(4, 7)):
+            pid = s.part(_BUILDING, GLASS, d, light=LIGHT_WINDOW, facing=face, kind=2)
+            s.side(pid, x, 0.4, 2.6, zs0, zs0 + rng.uniform(2.0, 3.0))
+
+
+def _building(s: Scene, side: int, d: float, z0: float, z1: float, key: float) -> None:
+    color, height = s.choice(_FACADES), float(s.rng.uniform(7, 30))
+    s.later(key, _draw_facade, side, d, z0, z1, height, color)
+    if z0 > 1.5:  # the end wall facing the camera, seen where the street front steps back or a street crosses
+        pid = s.part(_BUILDING, np.multiply(color, 0.9), z0, jitter=0.03)
+        s.later(z0, Scene.front, pid, side * d, side * (d + s.rng.uniform(8, 20)), 0.0, height, z0)
+
+
+def _tree(s: Scene, x: float, z: float, key: float | None = None) -> None:
+    rng = s.rng
+    trunk_h, r = rng.uniform(1.8, 3.5), rng.uniform(1.3, 2.8)
+    s.later(key or z, Scene.front, s.part(_VEG, (0.33, 0.25, 0.17), z), x - 0.14, x + 0.14, 0.0, trunk_h + r, z)
+    for _ in range(int(rng.integers(4, 8))):
+        pid = s.part(_VEG, (0.2, 0.4, 0.12), z, jitter=0.2)
+        cx, cy = x + rng.normal(0, r * 0.45), trunk_h + r * rng.uniform(0.6, 1.3)
+        s.later(key or z, Scene.disc, pid, cx, cy, z, r * rng.uniform(0.5, 0.85))
+
+
+def roadside(s: Scene, st: Street, side: int) -> None:
+    """Buildings, parks, walls and fences along one side of the street, segment by segment."""
+    rng = s.rng
+    line = st.lines[0 if side < 0 else 1]
+    face = FACE_LEFT if side < 0 else FACE_RIGHT
+    z, z_end = rng.uniform(-2, 1), rng.uniform(80, 220)
+    while z < z_end:
+        z1 = z + rng.uniform(10, 35)
+        if st.cross is not None and z1 > st.cross[0] - 1 and z < st.cross[0] + st.cross[1]:
+            if z < st.cross[0] - 3:
+                z1 = st.cross[0] - 1  # stop at the corner and continue after the side street
+            else:
+                z = st.cross[0] + st.cross[1]
+                continue
+        kind = rng.choice(4, p=[0.58, 0.16, 0.14, 0.12])  # building, park, wall, fence
+        if kind == 0:
+            setback = 0.0 if rng.random() < 0.6 else rng.uniform(1, 5)
+            if setback:
+                s.ground(
+                    s.part(
+                        _TERRAIN if rng.random() < 0.5 else _SIDEWALK,
+                        (0.45, 0.5, 0.3),
+                        0,
+                        jitter=0.15,
+                        facing=FACE_UP,
+                        kind=1,
+                    ),
+                    side * line,
+                    side * (line + setback),
+                    z,
+                    z1,
+                )
+            _building(s, side, line + setback, z, z1, z1)
+        elif kind == 1:
+            s.ground(
+                s.part(_TERRAIN, (0.36, 0.5, 0.2), 0, jitter=0.1, facing=FACE_UP, kind=1),
+                side * line,
+                side * (line + 40),
+                z,
+                z1,
+            )
+            for _ in range(int(rng.integers(1, 5))):
+                _tree(s, side * (line + rng.uniform(2, 14)), rng.uniform(z, z1))
+            if rng.random() < 0.6:
+                _building(s, side, line + rng.uniform(20, 40), z, z1, z1 + 0.5)
+        else:
+            d, height = line + 0.15, rng.uniform(1.2, 3.0) if kind == 2 else rng.uniform(1.0, 2.0)
+            if kind == 2:
+                color = s.choice(((0.66, 0.64, 0.58), (0.55, 0.52, 0.5), (0.7, 0.6, 0.5)))
+                s.later(z1, Scene.side, s.part(_WALL, color, d, facing=face, kind=2), side * d, 0, height, z, z1)
+                s.later(
+                    z1,
+                    Scene.side,
+                    s.part(_WALL, np.multiply(color, 0.8), d, facing=face, kind=2),
+                    side * d,
+                    height - 0.15,
+                    height,
+                    z,
+                    z1,
+                )
+            else:
+                color = s.choice(((0.38, 0.42, 0.38), (0.5, 0.38, 0.25), (0.6, 0.6, 0.62)))
+                s.later(z1, Scene.side, s.part(_FENCE, color, d, facing=face, kind=2), side * d, 0, height, z, z1)
+                post = s.part(_FENCE, np.multiply(color, 0.6), d, facing=face, kind=2)
+                for zp in np.arange(z, z1, 2.5):
+                    s.later(z1, Scene.side, post, side * d, 0, height + 0.1, zp, zp + 0.12)
+            if rng.random() < 0.6:
+                _building(s, side, line + rng.uniform(3, 10), z, z1, z1 + 0.5)
+            else:
+                for _ in range(int(rng.integers(2, 5))):
+                    _tree(s, side * (line + rng.uniform(1.5, 8)), rng.uniform(z, z1), z1 + 0.5)
+        z = z1
+
+
+def _draw_traffic_light(s: Scene, x: float, y: float, z: float) -> None:
+    """A signal head with its box bottom at height y: a dark box and three lamps, one of them lit."""
+    s.front(s.part(_TLIGHT, (0.12, 0.12, 0.1), z), x - 0.18, x + 0.18, y, y + 0.95, z)
+    lit = int(s.rng.integers(3))
+    for k in range(3):
+        on = k == lit
+        color = _SIGNAL[k] if on else (0.16, 0.13, 0.1)
+        pid = s.part(_TLIGHT, color, z, jitter=0.0, light=LIGHT_SIGNAL if on else LIGHT_NONE)
+        s.disc(pid, x, y + 0.8 - 0.32 * k, z, 0.1)
+
+
+def _draw_pole(s: Scene, x: float, z: float, top: float, width: float) -> None:
+    s.front(s.part(_POLE, (0.42, 0.44, 0.46), z), x - width / 2, x + width / 2, 0.0, top, z)
+
+
+def _draw_street_light(s: Scene, x: float, z: float, side: int) -> None:
+    top = s.rng.uniform(6.5, 9.0)
+    _draw_pole(s, x, z, top, 0.18)
+    tip = x - side * 1.5
+    s.stroke(s.part(_POLE, (0.42, 0.44, 0.46), z), (x, top), (tip, top + 0.25), z, 0.1)
+    s.front(s.part(_POLE, (0.85, 0.85, 0.8), z, light=LIGHT_LAMP), tip - 0.3, tip + 0.3, top, top + 0.2, z)
+
+
+def _draw_sign(s: Scene, x: float, z: float) -> None:
+    rng = s.rng
+    top = rng.uniform(1.9, 2.6)
+    _draw_pole(s, x, z, top, 0.08)
+    shape, y = int(rng.integers(4)), top + 0.35
+    if shape == 0:  # round: red ring, white or blue face
+        s.disc(s.part(_SIGN, (0.8, 0.1, 0.1), z), x, y, z, 0.33)
+        s.disc(s.part(_SIGN, s.choice(((0.92, 0.92, 0.9), (0.1, 0.3, 0.75))), z), x, y, z, 0.25)
+    elif shape == 1:  # warning triangle
+        s.flat(s.part(_SIGN, (0.8, 0.1, 0.1), z), [x - 0.4, x + 0.4, x], [y - 0.3, y - 0.3, y + 0.4], z)
+        s.flat(s.part(_SIGN, (0.92, 0.92, 0.9), z), [x - 0.27, x + 0.27, x], [y - 0.22, y - 0.22, y + 0.24], z)
+    elif shape == 2:  # information rectangle
+        s.front(s.part(_SIGN, (0.1, 0.3, 0.72), z), x - 0.32, x + 0.32, y - 0.35, y + 0.35, z)
+        s.front(s.part(_SIGN, (0.92, 0.92, 0.9), z), x - 0.12, x + 0.12, y - 0.2, y + 0.2, z)
+    else:  # priority diamond
+        s.flat(s.part(_SIGN, (0.92, 0.92, 0.9), z), [x - 0.35, x, x + 0.35, x], [y, y - 0.35, y, y + 0.35], z)
+        s.flat(s.part(_SIGN, (0.95, 0.75, 0.1), z), [x - 0.22, x, x + 0.22, x], [y, y - 0.22, y, y + 0.22], z)
+
+
+def furniture(s: Scene, st: Street) -> None:
+    rng = s.rng
+    for side in (-1, 1):
+        x = side * (st.edge(side) + 0.5)
+        for z in np.arange(rng.uniform(3, 15), 130, rng.uniform(22, 35)):
+            if not st.in_cross(z, z + 0.5):
+                s.later(z, _draw_street_light, x, z, side)
+        if rng.random() < 0.35:  # trees along the curb
+            for z in np.arange(rng.uniform(4, 10), 90, rng.uniform(8, 15)):
+                if not st.in_cross(z, z + 2):
+                    _tree(s, side * (st.edge(side) + 1.0), z)
+    # Traffic lights at the side street's corners, or at a pedestrian crossing.
+    zl = st.cross[0] - 1.2 if st.cross is not None else rng.uniform(12, 45)
+    if st.cross is not None or rng.random() < 0.7:
+        sides = [side for side in (-1, 1) if rng.random() < 0.75] or [1]
+        for side in sides:
+            x, top = side * (st.edge(side) + 0.6), rng.uniform(2.6, 3.4)
+            s.later(zl, _draw_pole, x, zl, top, 0.14)
+            s.later(zl, _draw_traffic_light, x, top, zl)
+        if 1 in sides and rng.random() < 0.5:  # a mast arm holding a second signal over the road
+            x, xa = st.xr + 0.6, st.xr - rng.uniform(3, 6)
+            s.later(zl, _draw_pole, x, zl, 5.6, 0.2)
+            s.later(zl, Scene.front, s.part(_POLE, (0.42, 0.44, 0.46), zl), xa - 0.3, x, 5.45, 5.6, zl)
+            s.later(zl, _draw_traffic_light, xa, 4.45, zl)
+    for _ in range(int(rng.integers(1, 4))):
+        side = -1 if rng.random() < 0.4 else 1
+        z = rng.uniform(6, 55)
+        s.later(z, _draw_sign, side * (st.edge(side) + rng.uniform(0.3, 1.0)), z)
