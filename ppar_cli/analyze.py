@@ -1,9 +1,204 @@
-"""(being written)"""
+"""`ppar analyze-weights`: which source pixels did a PPAR run trust, and which did it discount?"""
 
 from __future__ import annotations
 
-HELP = "(being written)"
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ppar_cli.options import DataRootOption, DeviceOption, JsonOption, console, err_console, print_json
+
+if TYPE_CHECKING:
+    from ppar_core.analysis import WeightReport
+
+HELP = """Show the reliability weights of a PPAR run, per class: mean, histogram, share below 0.5 and above 2.
+
+Without --data it reads the statistics training stored in the checkpoint (warm-up steps recorded w = 1). With
+--data DATASET (or a FOLDER holding images/ and labels/ with trainId PNGs, i.e. --data folder=FOLDER) it computes the
+weights afresh, fully ramped in, for --num images evenly spread over the split: per-class statistics, the images with
+the most down-weighted pixels and, with --out, one heat map per image (lowest-weight decile outlined). --out also gets
+class_histograms.png and class_mean_weights.png (needs matplotlib: pip install 'ppar\\[plots]').
+
+--json prints {"source", "classes": {name: {"mean", "hist", "low_fraction", "high_fraction", "pixels"}}, "images"};
+with --compare it prints {"runs": {"A": {"checkpoint", "source", "classes", "images"}, "B": {...}}} and --out gets
+sub-folders A/ and B/.
+
+Example: [bold]ppar analyze-weights runs/g2cbm/last.safetensors --data gta5 --num 16 --out weights/[/bold]
+Compare: [bold]ppar analyze-weights runs/otp/last.safetensors --compare runs/ratio/last.safetensors[/bold]
+"""
+
+_SPARK = " ▁▂▃▄▅▆▇█"
 
 
-def command() -> None:
-    """(being written)"""
+def command(
+    checkpoint: Annotated[Path, typer.Argument(help="A model checkpoint (.safetensors) written by `ppar train`.")],
+    folder: Annotated[
+        Path | None,
+        typer.Argument(help="Your own labelled images: a folder with images/ and labels/ (same as --data folder=…)."),
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Compute weights on this dataset: NAME or NAME=PATH.")] = None,
+    split: Annotated[str, typer.Option(help="Split of --data.")] = "train",
+    num: Annotated[int, typer.Option("--num", help="Images to analyse, evenly spread over the split.")] = 8,
+    data_root: DataRootOption = None,
+    id_map: Annotated[str, typer.Option(help="Label encoding of folder data: trainid, labelid or a JSON file.")] = (
+        "trainid"
+    ),
+    resize: Annotated[str, typer.Option(help="Resize images: train (as the run did), none, or HxW.")] = "train",
+    out: Annotated[Path | None, typer.Option(help="Folder for the PNG plots and heat maps.")] = None,
+    compare: Annotated[Path | None, typer.Option(help="A second checkpoint to put side by side (B).")] = None,
+    device: DeviceOption = "auto",
+    as_json: JsonOption = False,
+) -> None:
+    from ppar_core.analysis import AnalysisConfig, analyze_weights
+    from ppar_core.errors import PparError
+
+    if folder is not None and data is not None:
+        raise PparError(f"Both a FOLDER ({folder}) and --data {data} were given: pass one of them.")
+    spec = f"folder={folder}" if folder is not None else data
+    config = AnalysisConfig(
+        data=spec, split=split, num_images=num, data_root=str(data_root) if data_root else None, id_map=id_map,
+        resize=resize, device=device,
+    ).validate()  # fmt: skip
+    runs = {"A": checkpoint} if compare is None else {"A": checkpoint, "B": compare}
+    reports: dict[str, WeightReport] = {}
+    outs = {key: out if (out is None or compare is None) else out / key for key in runs}
+    for key, path in runs.items():
+        with _progress(enabled=spec is not None, label=f"{key} {path.name}") as on_image:
+            reports[key] = analyze_weights(path, config=config, out=outs[key], on_image=on_image)
+    if as_json:
+        if compare is None:
+            print_json(reports["A"].to_dict())
+        else:
+            print_json({"runs": {k: {"checkpoint": str(r.checkpoint), **r.to_dict()} for k, r in reports.items()}})
+        return
+    for key, report in reports.items():
+        _describe(report, key if compare is not None else None)
+    console.print(_class_table(reports["A"]) if compare is None else _compare_table(reports))
+    for key, report in reports.items():
+        if report.images:
+            console.print(_image_table(report, key if compare is not None else None))
+        if report.files:
+            console.print(f"Wrote {len(report.files)} PNG files to {outs[key]}.")
+        if report.plots_note:
+            err_console.print(f"[yellow]{report.plots_note}[/yellow]")
+
+
+class _progress:
+    """A transient progress bar on stderr fed by `on_image(done, total)`; a no-op when disabled.
+
+    The bar starts at the first image, not before: an error while the data or model load then stays one clean line.
+    """
+
+    def __init__(self, *, enabled: bool, label: str) -> None:
+        self.enabled, self.label = enabled, label
+        self.progress: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        def on_image(done: int, total: int) -> None:
+            if self.progress is None:
+                self.progress = Progress(
+                    TextColumn(f"[bold]weights[/bold] {self.label}"), BarColumn(), MofNCompleteColumn(),
+                    console=err_console, transient=True,
+                )  # fmt: skip
+                self.progress.start()
+                self.task = self.progress.add_task("images", total=total)
+            self.progress.update(self.task, completed=done, total=total)
+
+        return on_image
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _describe(report: WeightReport, key: str | None) -> None:
+    name = f"{key}: {report.checkpoint}" if key else str(report.checkpoint)
+    run = f"method {report.method}, reweight {report.reweight}, step {report.step}"
+    if report.source == "checkpoint":
+        if not report.weights_applied:
+            console.print(
+                f"{name} ({run}): trained without reweighting, so no weights were applied and its statistics are "
+                "empty. Add --data DATASET to see what the OTP reliability would have been."
+            )
+        elif report.total_pixels == 0:
+            console.print(f"{name} ({run}): no weights recorded yet (no training step).")
+        else:
+            s = report.schedule
+            assert s is not None
+            console.print(
+                f"{name} ({run}): weights applied in training, {report.total_pixels:,} labelled pixels over "
+                f"{report.step} steps ({s.warmup} warm-up steps recorded w = 1, {s.ramp} ramp-in, {s.full} full)."
+            )
+    else:
+        what = "the run's own" if report.weights_applied else "what the OTP reliability would have been (none applied)"
+        console.print(
+            f"{name} ({run}): weights computed afresh on {len(report.images)} images, {what}, mode "
+            f"{report.mode}, fully ramped in (ramp = 1), each image normalised on its own."
+        )
+
+
+def _spark(hist: list[int]) -> str:
+    top = max(hist) if hist else 0
+    if top == 0:
+        return ""
+    return "".join(_SPARK[0 if c == 0 else max(1, round(c / top * (len(_SPARK) - 1)))] for c in hist)
+
+
+def _pct(value: float, pixels: int) -> str:
+    return f"{100 * value:.1f}" if pixels else "-"
+
+
+def _mean(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _sorted_names(classes: dict[str, dict[str, Any]]) -> list[str]:
+    # Least trusted first; classes never seen go last.
+    return sorted(classes, key=lambda n: (classes[n]["mean"] is None, classes[n]["mean"] or 0.0))
+
+
+def _class_table(report: WeightReport) -> Table:
+    table = Table(title=f"Weights per class ({report.source}; histogram over [0, {report.w_max:g}])")
+    for column in ("class", "pixels", "mean", "< 0.5 %", "> 2 %"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    table.add_column("histogram")
+    for name in _sorted_names(report.classes):
+        c = report.classes[name]
+        table.add_row(
+            name, f"{c['pixels']:,}", _mean(c["mean"]), _pct(c["low_fraction"], c["pixels"]),
+            _pct(c["high_fraction"], c["pixels"]), _spark(c["hist"]),
+        )  # fmt: skip
+    return table
+
+
+def _compare_table(reports: dict[str, WeightReport]) -> Table:
+    a, b = reports["A"], reports["B"]
+    table = Table(title=f"Weights per class: A = {a.checkpoint} ({a.mode}), B = {b.checkpoint} ({b.mode})")
+    table.add_column("class")
+    for column in ("mean A", "mean B", "B - A", "< 0.5 % A", "< 0.5 % B", "> 2 % A", "> 2 % B"):
+        table.add_column(column, justify="right")
+    for name in _sorted_names(a.classes):
+        ca, cb = a.classes[name], b.classes[name]
+        diff = "-" if ca["mean"] is None or cb["mean"] is None else f"{cb['mean'] - ca['mean']:+.3f}"
+        table.add_row(
+            name, _mean(ca["mean"]), _mean(cb["mean"]), diff, _pct(ca["low_fraction"], ca["pixels"]),
+            _pct(cb["low_fraction"], cb["pixels"]), _pct(ca["high_fraction"], ca["pixels"]),
+            _pct(cb["high_fraction"], cb["pixels"]),
+        )  # fmt: skip
+    return table
+
+
+def _image_table(report: WeightReport, key: str | None, *, rows: int = 10) -> Table:
+    title = "Images with the most down-weighted pixels" + (f" ({key})" if key else "")
+    table = Table(title=title)
+    for column in ("image", "mean", "< 0.5 %", "pixels < 0.5"):
+        table.add_column(column, justify="left" if column == "image" else "right")
+    for item in report.images[:rows]:
+        table.add_row(item.name, _mean(item.mean), _pct(item.low_fraction, item.pixels), f"{item.low_pixels:,}")
+    return table

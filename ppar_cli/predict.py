@@ -1,9 +1,86 @@
-"""(being written)"""
+"""`ppar predict`: segment your own images with a checkpoint and write overlays, colour masks and id maps.
+
+The library does the work (`ppar_core.predict.collect_inputs`, `predict_files`); this module parses flags, shows a
+progress bar on stderr and prints the table of classes found.
+"""
 
 from __future__ import annotations
 
-HELP = "(being written)"
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ppar_cli.options import DeviceOption, JsonOption, console, err_console, print_json
+
+HELP = """Segment images: files, folders (recursively) or glob patterns.
+
+Writes <out>/<name>_<format>.png per image and format: overlay (image blended with class colours, legend strip of
+the classes present below it), color (class colours), trainid (0-18) and labelid (Cityscapes labelIds, the
+benchmark's submission format); masks have the input's size. Images found in a folder keep their sub-folder path.
+Grey, RGBA (composited on black), 16-bit and EXIF-rotated images are handled; an unreadable file is reported and
+skipped, and the exit code is 1 at the end if any failed.
+
+Example: [bold]ppar predict runs/g2cbm/last.safetensors img.png street/ "frames/*.jpg" --out preds/[/bold]
+"""
 
 
-def command() -> None:
-    """(being written)"""
+def command(
+    checkpoint: Annotated[Path, typer.Argument(help="A ppar checkpoint (.safetensors).", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.", show_default=False)],
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated: overlay,color,trainid,labelid.")] = (
+        "overlay,color,trainid,labelid"
+    ),
+    alpha: Annotated[float, typer.Option(help="Opacity of the class colours in the overlay, 0-1.")] = 0.5,
+    inference: Annotated[str | None, typer.Option(help="slide or whole (default: the checkpoint's).")] = None,
+    crop: Annotated[int | None, typer.Option(help="Sliding-window size, pixels.")] = None,
+    stride: Annotated[int | None, typer.Option(help="Sliding-window step, pixels.")] = None,
+    tta: Annotated[str | None, typer.Option(help="none, flip or ms-flip.")] = None,
+    device: DeviceOption = "auto",
+    json_out: JsonOption = False,
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ppar_core.labels import CLASS_NAMES
+    from ppar_core.predict import Predictor, collect_inputs, parse_formats, predict_files
+
+    chosen = parse_formats(formats)
+    items = collect_inputs(inputs)
+    changes = {k: v for k, v in {"mode": inference, "crop_size": crop, "stride": stride, "tta": tta}.items() if v}
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, **changes)
+    bar = Progress(
+        TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
+        transient=True,
+    )  # fmt: skip
+    with bar:
+        task = bar.add_task("predict", total=len(items))
+        summary = predict_files(
+            predictor, items, out, formats=chosen, alpha=alpha,
+            progress=lambda done, total, _path: bar.update(task, completed=done),
+        )  # fmt: skip
+    classes = [
+        {"class": CLASS_NAMES[k], "pixels": int(summary.class_pixels[k]), "images": int(summary.class_images[k])}
+        for k in range(len(CLASS_NAMES))
+        if summary.class_images[k] > 0
+    ]
+    if json_out:
+        print_json({
+            "out": str(out), "images": summary.done, "written": len(summary.written), "classes": classes,
+            "failed": [{"path": str(p), "error": msg} for p, msg in summary.failed],
+        })  # fmt: skip
+    else:
+        table = Table(title=f"Classes found in {summary.done} image(s)")
+        for name in ("class", "pixels", "images"):
+            table.add_column(name, justify="left" if name == "class" else "right")
+        for row in classes:
+            table.add_row(row["class"], f"{row['pixels']:,}", str(row["images"]))
+        console.print(table)
+        console.print(f"Wrote {len(summary.written)} file(s) under {escape(str(out))}")
+    for path, message in summary.failed:
+        err_console.print(f"[red]skipped {escape(str(path))}: {escape(message)}[/red]")
+    if summary.failed:
+        err_console.print(f"[red]{len(summary.failed)} of {len(items)} input(s) failed.[/red]")
+        raise typer.Exit(1)

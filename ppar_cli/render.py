@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -35,8 +34,16 @@ class TrainingProgress:
         self.progress = progress
         self.task = progress.add_task("train", total=total, info="starting")
         self.eval_task: Any = None
+        self.started = False
+
+    def _start(self) -> None:
+        # Started by the first record, so that errors raised while the run is set up print alone.
+        if not self.started:
+            self.progress.start()
+            self.started = True
 
     def on_log(self, record: dict[str, Any]) -> None:
+        self._start()
         if "eval" in record:
             parts = ", ".join(f"{name} {_fmt(v)}" for name, v in record["eval"].items())
             err_console.print(f"step {record['step']}: mIoU {parts} (mean {_fmt(record['mean_miou'])})")
@@ -49,6 +56,7 @@ class TrainingProgress:
         self.progress.update(self.task, completed=record["step"], info=info)
 
     def on_eval(self, target: str, done: int, total: int) -> None:
+        self._start()
         if self.eval_task is None:
             self.eval_task = self.progress.add_task("eval", total=total, info=target)
         self.progress.update(self.eval_task, completed=done, total=total, info=f"eval {target}")
@@ -70,9 +78,12 @@ def training_progress(total: int) -> Iterator[TrainingProgress]:
         console=err_console,
         transient=False,
     )
-    with progress:
-        yield TrainingProgress(progress, total)
-    time.sleep(0)  # let the final refresh land before tables are printed
+    tracker = TrainingProgress(progress, total)
+    try:
+        yield tracker
+    finally:
+        if tracker.started:
+            progress.stop()
 
 
 def miou_table(runs: Mapping[str, Mapping[str, Any]], *, title: str) -> Table:

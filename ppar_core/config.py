@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 from ppar_core.data.transforms import TrainAugment
 from ppar_core.engine.inference import InferenceConfig
@@ -105,7 +106,8 @@ class TrainConfig:
         if self.optim.lr <= 0:
             raise PparError(f"Config field optim.lr must be positive, got {self.optim.lr}.")
         if self.model.backbone_lr_mult < 0:
-            raise PparError(f"Config field model.backbone_lr_mult must not be negative, got {self.model.backbone_lr_mult}.")
+            mult = self.model.backbone_lr_mult
+            raise PparError(f"Config field model.backbone_lr_mult must not be negative, got {mult}.")
         for sub in (self.loss, self.model.head, self.model.vtp, self.eval):
             sub.validate()
         return self
@@ -139,7 +141,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except PparError as exc:
                 errors.append(str(exc))
         raise PparError(f"Config key {key!r} expects {_type_name(tp)}, got {value!r}.")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise PparError(f"Config key {key!r} expects a table of fields, got {value!r}.")
         return from_dict(tp, value, prefix=f"{key}.")

@@ -3,11 +3,16 @@
     predictor = Predictor.from_checkpoint("runs/g2cbm/last.safetensors", device="auto")
     labels = predictor.predict(image)          # image (H,W,3) uint8 RGB -> (H,W) uint8 trainIds
     scores = predictor.predict_logits(image)   # -> (K,H,W) float32 class scores
+
+Files: `collect_inputs(["img.png", "street/", "*.jpg"])` then `predict_files(predictor, items, "preds/")` writes
+`preds/<name>_{overlay,color,trainid,labelid}.png` and returns a summary (classes found, failures).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +25,14 @@ from ppar_core.config import TrainConfig, from_dict
 from ppar_core.data.transforms import to_clip_tensor_layout
 from ppar_core.engine.inference import InferenceConfig, infer_logits
 from ppar_core.errors import PparError
+from ppar_core.labels import NUM_CLASSES
 from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor
 from ppar_core.runtime import autocast, resolve_device
 
 
-def load_segmentor(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[PPARSegmentor, TrainConfig, Checkpoint]:
+def load_segmentor(
+    path: str | Path, *, device: str | torch.device = "cpu"
+) -> tuple[PPARSegmentor, TrainConfig, Checkpoint]:
     """Rebuild the model a checkpoint was trained as and load its weights (no download, no text tower).
 
     Returns the model in eval mode on `device`, its resolved training config and the checkpoint record.
@@ -89,3 +97,170 @@ class Predictor:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """(H,W,3) uint8 RGB -> (H,W) uint8 trainIds."""
         return self.predict_logits(image).argmax(0).to(torch.uint8).numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Predicting files: inputs -> outputs on disk (the library side of `ppar predict`)
+
+OUTPUT_FORMATS: tuple[str, ...] = ("overlay", "color", "trainid", "labelid")
+
+
+@dataclass(frozen=True)
+class PredictInput:
+    """One image to predict: its path and the output name stem `rel` (a relative path without extension)."""
+
+    path: Path
+    rel: str
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[PredictInput]:
+    """Expand files, folders (recursively, image extensions only) and glob patterns into a list of images.
+
+    Output names: a file (or a glob match) is named by its stem, at the top of the output folder; an image found in
+    a folder keeps its path relative to that folder (`street/a/x.jpg` given as `street` -> `a/x`). When two inputs
+    would get the same name (`x.png` and `x.jpg`, or two folders' `x.png`), the later ones get their extension
+    appended (`x_jpg`), then a counter (`x_2`). The same file given twice is predicted once. An input that matches
+    nothing is a PparError naming it.
+    """
+    from ppar_core.imageio import IMAGE_EXTENSIONS
+
+    found: list[tuple[Path, str]] = []
+    for raw in inputs:
+        text = str(raw)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found += [(p, p.relative_to(path).with_suffix("").as_posix()) for p in files]
+        elif path.exists():
+            found.append((path, path.stem))
+        elif any(ch in text for ch in "*?["):
+            # Shells on Windows (and quoted patterns) hand the pattern over unexpanded: expand it here.
+            matches = sorted(p for p in _glob(text) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not matches:
+                raise PparError(
+                    f"The pattern {text!r} matches no image file: check it (quote it to let ppar expand it)."
+                )
+            found += [(p, p.stem) for p in matches]
+        else:
+            raise PparError(f"Input {text} does not exist: pass image files, folders or glob patterns.")
+    return _unique_names(found)
+
+
+def _glob(pattern: str) -> list[Path]:
+    import glob
+
+    return [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
+
+
+def _unique_names(found: list[tuple[Path, str]]) -> list[PredictInput]:
+    seen_paths: set[Path] = set()
+    used: set[str] = set()
+    result: list[PredictInput] = []
+    for path, rel in found:
+        resolved = path.resolve()
+        if resolved in seen_paths:
+            continue
+        seen_paths.add(resolved)
+        name = rel
+        if name in used:
+            name = f"{rel}_{path.suffix.lstrip('.').lower()}"
+            counter = 2
+            while name in used:
+                name = f"{rel}_{counter}"
+                counter += 1
+        used.add(name)
+        result.append(PredictInput(path=path, rel=name))
+    return result
+
+
+def output_path(out: Path, item: PredictInput, fmt: str) -> Path:
+    """Where format `fmt` of `item` is written: `<out>/<rel>_<fmt>.png` (e.g. `preds/a/x_labelid.png`)."""
+    return out / f"{item.rel}_{fmt}.png"
+
+
+@dataclass
+class PredictSummary:
+    """What a `predict_files` run did: images done, files written, failures (path, message), class statistics.
+
+    class_pixels / class_images: (K,) int64, pixels predicted as each trainId and images in which it occurs.
+    """
+
+    done: int = 0
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, dtype=np.int64))
+    class_images: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, dtype=np.int64))
+
+
+def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
+    """ "overlay,trainid" (or a list) -> ("overlay", "trainid"); unknown names are a PparError listing the known."""
+    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    bad = [t for t in items if t not in OUTPUT_FORMATS]
+    if bad or not items:
+        raise PparError(f"Unknown output format {bad[0] if bad else text!r}: use {', '.join(OUTPUT_FORMATS)}.")
+    return tuple(dict.fromkeys(items))
+
+
+def render_outputs(
+    image: np.ndarray, labels: np.ndarray, formats: Sequence[str], *, alpha: float = 0.5
+) -> dict[str, np.ndarray]:
+    """The images of each format for one prediction: image (H,W,3) uint8, labels (H,W) uint8 trainIds.
+
+    overlay: (H+h,W,3) the image blended with class colours plus a legend strip of the classes present below it;
+    color: (H,W,3) class colours; trainid: (H,W) trainIds; labelid: (H,W) Cityscapes labelIds (benchmark format).
+    """
+    from ppar_core.labels import TRAINID_TO_LABELID, colorize
+    from ppar_core.visualize import overlay_with_legend
+
+    makers = {
+        "overlay": lambda: overlay_with_legend(image, labels, alpha=alpha),
+        "color": lambda: colorize(labels),
+        "trainid": lambda: labels,
+        "labelid": lambda: TRAINID_TO_LABELID[labels],
+    }
+    return {fmt: makers[fmt]() for fmt in formats}
+
+
+def predict_files(
+    predictor: Predictor,
+    items: Sequence[PredictInput],
+    out: str | Path,
+    *,
+    formats: Sequence[str] = OUTPUT_FORMATS,
+    alpha: float = 0.5,
+    progress: Callable[[int, int, Path], None] | None = None,
+) -> PredictSummary:
+    """Predict every item and write its `formats` under `out` (see `output_path`); never stops on a bad file.
+
+    An unreadable image is recorded in `summary.failed` with its one-sentence reason and skipped.
+    `progress(done, total, path)` is called after each item.
+    """
+    from ppar_core.imageio import read_user_image, write_png
+
+    if not 0.0 <= alpha <= 1.0:
+        raise PparError(f"Overlay opacity {alpha} is outside 0-1: pass --alpha between 0 and 1.")
+    out = Path(out)
+    summary = PredictSummary()
+    for index, item in enumerate(items, start=1):
+        try:
+            image = read_user_image(item.path)
+        except PparError as exc:
+            summary.failed.append((item.path, str(exc)))
+        else:
+            labels = _same_size(predictor.predict(image), image)
+            for fmt, array in render_outputs(image, labels, formats, alpha=alpha).items():
+                summary.written.append(write_png(output_path(out, item, fmt), array))
+            counts = np.bincount(labels.ravel(), minlength=256)[:NUM_CLASSES]
+            summary.class_pixels += counts
+            summary.class_images += counts > 0
+            summary.done += 1
+        if progress is not None:
+            progress(index, len(items), item.path)
+    return summary
+
+
+def _same_size(labels: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Predictions must have the image's size (a broken model would otherwise write misaligned files silently)."""
+    if labels.shape != image.shape[:2]:
+        raise RuntimeError(f"prediction {labels.shape} does not match the image {image.shape[:2]}")
+    return labels

@@ -97,10 +97,6 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _unwrap(model: nn.Module) -> PPARSegmentor:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # type: ignore[return-value]
-
-
 def _save(
     cfg: TrainConfig, model: PPARSegmentor, optimizer: torch.optim.Optimizer, step: int, protos_meta: dict
 ) -> Path:
@@ -251,14 +247,15 @@ def _train(
         _truncate_jsonl(out / "metrics.jsonl", after_step=start_step)
 
     core = model
+    wrapped: nn.Module = model
     if dist.enabled:
         # Buffers (VTP memory, reliability statistics) are kept equal across ranks by explicit all-reduces.
-        model = nn.parallel.DistributedDataParallel(
+        wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
 
-    loader = torch.utils.data.DataLoader(
-        TrainSamples(source, cfg.data.augment, seed=cfg.seed),
+    loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+        TrainSamples(source, cfg.data.augment, seed=cfg.seed),  # type: ignore[arg-type]
         batch_size=cfg.batch_size,
         sampler=StreamSampler(
             batch_size=cfg.batch_size,
@@ -276,13 +273,13 @@ def _train(
     step = start_step
     interrupted = False
     window_start, window_images = time.perf_counter(), 0
-    model.train()
+    wrapped.train()
     with _StopFlag() as stop:
         while step < cfg.iters:
             if _should_stop(stop, dist):
                 interrupted = True
                 break
-            record = _train_step(model, core, optimizer, batches, cfg, step, dist)
+            record = _train_step(wrapped, core, optimizer, batches, cfg, step, dist)
             step += 1
             window_images += cfg.batch_size * cfg.optim.accum_steps * dist.world_size
             if dist.is_main and (step % cfg.log_every == 0 or step == cfg.iters or step == start_step + 1):
@@ -299,7 +296,8 @@ def _train(
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iters and targets:
                 results = _evaluate(core, targets, cfg, dist, on_eval_progress)
                 if dist.is_main:
-                    rec = {"step": step, "eval": {n: m.miou for n, m in results.items()}, "mean_miou": mean_miou(results)}
+                    mious = {name: m.miou for name, m in results.items()}
+                    rec = {"step": step, "eval": mious, "mean_miou": mean_miou(results)}
                     _append_jsonl(out / "metrics.jsonl", rec)
                     if on_log is not None:
                         on_log(rec)
@@ -371,9 +369,8 @@ def _train_step(
 
 def _clip(core: PPARSegmentor, cfg: TrainConfig) -> float:
     params = [p for p in core.parameters() if p.grad is not None]
-    if cfg.optim.grad_clip is None:
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf")  # inf: measure, no clip
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
 
 
 def _check_finite(total: Tensor, step: int, cfg: TrainConfig, dist: DistContext) -> None:
@@ -392,9 +389,12 @@ def _check_finite(total: Tensor, step: int, cfg: TrainConfig, dist: DistContext)
 def _update_stats(
     core: PPARSegmentor, weights: Tensor, labels: Tensor, cfg: TrainConfig, reducer: Callable | None
 ) -> None:
-    increments = [torch.zeros_like(t) for t in core.weight_stats()]
-    update_weight_stats(*increments, weights, labels, w_max=cfg.loss.w_max, ignore_index=cfg.loss.ignore_index)
-    for total, inc in zip(core.weight_stats(), increments, strict=True):
+    hist, sums, counts, low, high = (torch.zeros_like(t) for t in core.weight_stats())
+    update_weight_stats(
+        hist, sums, counts, low, high, weights, labels, w_max=cfg.loss.w_max, ignore_index=cfg.loss.ignore_index
+    )
+    # Increments are all-reduced so every rank (and so rank 0's checkpoint) holds the statistics of all pixels.
+    for total, inc in zip(core.weight_stats(), (hist, sums, counts, low, high), strict=True):
         total += reducer(inc) if reducer is not None else inc
 
 

@@ -40,6 +40,13 @@ class SegmentorOutput:
 class PPARSegmentor(nn.Module):
     """A CLIP-based segmentor whose classifier weights are image-conditioned text prototypes."""
 
+    otp: Tensor  # (K,D) unit rows, a fixed buffer
+    weight_hist: Tensor  # (K,20) float64
+    weight_sum: Tensor  # (K,) float64
+    weight_count: Tensor
+    weight_low: Tensor
+    weight_high: Tensor
+
     def __init__(
         self,
         encoder: DenseClipEncoder,
@@ -103,7 +110,7 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
 
 
 def _freeze_batchnorm(module: nn.Module) -> None:
-    """Replace every BatchNorm2d (CLIP ResNets) by a frozen copy: batches of 1-8 crops must not retrain the statistics."""
+    """Replace every BatchNorm2d (CLIP ResNets) by a frozen copy: batches of 1-8 crops must not retrain statistics."""
     from torchvision.ops import FrozenBatchNorm2d
 
     for name, child in module.named_children():

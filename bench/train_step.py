@@ -1,0 +1,382 @@
+"""Training-step benchmark: a full PPAR step against a bare forward+backward of the same CLIP image tower.
+
+    python bench/train_step.py                       # CPU: ViT-B/16 shape, random weights, 512x512, batch 1, fp32
+    python bench/train_step.py --device cuda --batch-size 8 --amp --repeats 20   # the GPU figures (bench/gpu.sh)
+    python bench/train_step.py --data-pipeline --workers 16                      # the training data loader alone
+
+What is compared, on the same batch (synthetic street scenes and their labels), in the same process:
+
+- `ppar`: one optimizer step exactly as `ppar_core.engine.train` runs it: forward through `PPARSegmentor`, logits
+  upsampled to the labels, `ppar_loss` with the default `LossConfig` at `--progress`, backward, gradient clipping,
+  the AdamW step of `build_optimizer`, and the reliability-statistics update.
+- `bare`: `open_clip.create_model("ViT-B-16", force_image_size=512).visual` forward, a scalar loss (mean square of
+  the pooled embedding), backward; no optimizer. The floor any CLIP-finetuning method pays.
+
+Time: the two steps alternate (bare, ppar, ppar, bare, ...) so that drift of a shared machine hits both alike; the
+figure is the median of `--repeats` timed steps after `--warmup` untimed ones. Memory: each workload runs again in a
+fresh child process (see bench/common.py for why), which reports its peak minus its baseline taken after the imports
+and before the model is built: peak RSS on CPU, `max_memory_allocated` on CUDA. So memory includes weights,
+gradients, optimizer state and activations. The last line is `train_step ratio time=<float> memory=<float>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Why a path insert: the benchmarks are scripts (`python bench/x.py`), and the children are started by file path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    emit_child_result,
+    machine_info,
+    max_rss_bytes,
+    median_seconds,
+    rss_bytes,
+    run_json_child,
+    synchronize,
+    write_result,
+)
+
+WORKLOADS = ("bare", "ppar")
+GIB = 1024**3
+
+
+@dataclass
+class Workload:
+    """One thing to time: `step()` runs one training step; `flops` are the model FLOPs of that step."""
+
+    name: str
+    step: Callable[[], None]
+    flops: float
+
+
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per workload (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per workload first")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--image-size", type=int, default=512, help="square input side (a multiple of the patch size)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for both forwards (CUDA; as training does)")
+    p.add_argument("--preset", default="vit-b16", help="ppar model preset; `tiny` for a quick dry run")
+    # 0.4, not 0.5: with the default align_ramp 0.5, beta reaches 1 at progress 0.5 and the L_nce(Z, VTP) term is
+    # skipped; at 0.4 every term runs (beta 0.8, q 0.86, reliability weights fully ramped in).
+    p.add_argument("--progress", type=float, default=0.4, help="training progress in [0, 1] for the loss schedule")
+    p.add_argument("--no-memory", action="store_true", help="skip the two memory child processes")
+    p.add_argument("--no-mfu", action="store_true", help="skip the matmul reference and FLOP utilisation")
+    p.add_argument("--json", dest="json_path", default=None, help="also write the results here (default: $OUT)")
+    p.add_argument("--data-pipeline", action="store_true", help="measure the training DataLoader instead")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="--data-pipeline: DataLoader workers")
+    p.add_argument("--data-size", default="1052x1914", help="--data-pipeline: synthetic image HxW (GTA5's size)")
+    p.add_argument("--data-images", type=int, default=16, help="--data-pipeline: distinct images written")
+    p.add_argument("--data-batches", type=int, default=24, help="--data-pipeline: timed batches")
+    p.add_argument("--data-dir", default=None, help="--data-pipeline: reuse/keep the synthetic images here")
+    p.add_argument("--memory-child", choices=WORKLOADS, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def make_batch(args: argparse.Namespace, device: Any) -> tuple[Any, Any]:
+    """Synthetic street scenes -> images (B,3,S,S) float32 CLIP-normalised, labels (B,S,S) int64, on `device`."""
+    import numpy as np
+    import torch
+
+    from ppar_core.data.synth import make_sample
+    from ppar_core.data.transforms import to_clip_tensor_layout
+
+    size = (args.image_size, args.image_size)
+    samples = [make_sample("synth-source", i, size=size, seed=0) for i in range(args.batch_size)]
+    images = np.stack([to_clip_tensor_layout(img) for img, _ in samples])
+    labels = np.stack([lab.astype(np.int64) for _, lab in samples])
+    return torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
+
+
+def vit_forward_flops(visual: Any, image_size: int, batch: int, *, dense_proj: bool) -> float:
+    """Analytic forward FLOPs (multiply-add = 2) of an open_clip ViT tower on a square input.
+
+    Per block, N tokens of width C, MLP width M: qkv 2*N*C*3C, scores and attention-weighted values 2 * 2*N*N*C
+    (counted here because PyTorch's FLOP counter misses the CPU attention kernels), output projection 2*N*C*C, MLP
+    2 * 2*N*C*M. Plus the patch embedding and the final projection (every token with `dense_proj`, as PPAR's dense
+    path does; the class token only otherwise). Norms, activations and softmax are left out (under 1%).
+    """
+    patch = int(visual.patch_size[0])
+    width = int(visual.transformer.width)
+    blocks = list(visual.transformer.resblocks)
+    mlp = int(blocks[0].mlp.c_fc.out_features)
+    patches = (image_size // patch) ** 2
+    tokens = patches + 1
+    per_block = 2 * tokens * width * 3 * width + 4 * tokens * tokens * width + 2 * tokens * width * width
+    per_block += 4 * tokens * width * mlp
+    embed = 2 * patches * 3 * patch * patch * width
+    proj = 2 * (tokens if dense_proj else 1) * width * int(visual.proj.shape[1])
+    return float(batch * (embed + len(blocks) * per_block + proj))
+
+
+def _counted_flops(fn: Callable[[], object]) -> float:
+    # Convolutions and matmuls of `fn` by PyTorch's FLOP counter (no attention inside: the head has none to speak of).
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def build_workloads(args: argparse.Namespace, device: Any, images: Any, labels: Any, only: str | None = None) -> list:
+    """The `bare` and `ppar` steps on the given batch (or only one of them). Training FLOPs = 3 x forward."""
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+
+    from ppar_core.clip.presets import get_preset
+    from ppar_core.config import ModelConfig, OptimConfig
+    from ppar_core.engine.optim import build_optimizer
+    from ppar_core.losses import LossConfig, ppar_loss
+    from ppar_core.modeling.segmentor import build_segmentor
+    from ppar_core.reliability import update_weight_stats
+
+    preset = get_preset(args.preset)
+    # bf16 autocast on the benchmark's own device (on a CPU only to dry-run the GPU path: bf16 is slow there).
+    amp_ctx = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if args.amp else _null_ctx
+    workloads: list[Workload] = []
+    torch.manual_seed(0)
+
+    if only in (None, "bare"):
+        if preset.arch is not None:
+            bare = open_clip.create_model(preset.arch, pretrained=None, force_image_size=args.image_size).visual
+        else:  # `tiny` is no open_clip built-in: the same tower from its config dict, at the input size
+            from open_clip.model import CLIP
+
+            from ppar_core.clip.weights import model_config_of
+
+            cfg = model_config_of(preset)
+            cfg["vision_cfg"] = {**cfg["vision_cfg"], "image_size": args.image_size}
+            bare = CLIP(**cfg).visual
+        bare.to(device).train()
+
+        def bare_step() -> None:
+            with amp_ctx():
+                pooled = bare(images)
+            pooled.float().square().mean().backward()
+            for p in bare.parameters():  # as optimizer.zero_grad(set_to_none=True) would
+                p.grad = None
+
+        flops = 3 * vit_forward_flops(bare, args.image_size, args.batch_size, dense_proj=False)
+        workloads.append(Workload("bare", bare_step, flops))
+
+    if only in (None, "ppar"):
+        model_cfg = ModelConfig(preset=args.preset, pretrained=None, quick_gelu=False)
+        model, _ = build_segmentor(model_cfg, otp=torch.randn(19, preset.embed_dim))
+        model.to(device).train()
+        optim_cfg = OptimConfig()
+        optimizer = build_optimizer(model, optim_cfg, backbone_lr_mult=model_cfg.backbone_lr_mult)
+        loss_cfg = LossConfig()
+        progress = args.progress
+
+        def ppar_step() -> None:
+            # Mirrors ppar_core.engine.train._train_step (one micro-batch): keep the two in step.
+            with amp_ctx():
+                output = model(images)
+            logits = F.interpolate(output.logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            terms = ppar_loss(
+                logits, labels, output.dense.float(), model.otp, output.vtp.float(), cfg=loss_cfg, progress=progress
+            )
+            terms.total.backward()
+            terms.as_floats()  # the trainer logs every step: one host sync per term
+            params = [p for p in model.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip or math.inf)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            small = F.interpolate(labels[:, None].float(), size=output.dense.shape[-2:], mode="nearest")[:, 0]
+            model.vtp.update(output.dense.detach().float(), small.long(), ignore_index=loss_cfg.ignore_index)
+            if terms.weights is not None:
+                update_weight_stats(*model.weight_stats(), terms.weights, labels, w_max=loss_cfg.w_max)
+
+        def head_forward() -> None:
+            enc = model.encoder(images)
+            model.classifier(model.head(enc.features), model.vtp(model.otp, enc.dense, enc.global_embedding))
+
+        encoder_flops = vit_forward_flops(model.encoder.visual, args.image_size, args.batch_size, dense_proj=True)
+        encoder_counted = _counted_flops(lambda: model.encoder(images))
+        flops = 3 * (encoder_flops + _counted_flops(head_forward) - encoder_counted)
+        workloads.append(Workload("ppar", ppar_step, flops))
+    return workloads
+
+
+class _null_ctx:  # noqa: N801 (used like a function: `with amp_ctx():`)
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def matmul_flops_per_s(device: Any, *, amp: bool) -> float:
+    """Achieved FLOP/s of a large square matmul in the compute dtype of the step (bf16 with --amp, else fp32)."""
+    import torch
+
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if amp else torch.float32
+    n, reps = (8192, 50) if dev.type == "cuda" else (2048, 5)
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    timing = median_seconds(lambda: a @ b, repeats=reps, warmup=3, device=dev)
+    return 2 * n**3 / timing.median_s
+
+
+def _memory_child(args: argparse.Namespace) -> None:
+    """Child mode: build one workload, run warm-up + 1 steps, report its peak memory above the pre-build baseline."""
+    import torch
+
+    device = torch.device(args.device)
+    images, labels = make_batch(args, device)
+    synchronize(device)
+    cuda = device.type == "cuda"
+    base = torch.cuda.memory_allocated(device) if cuda else rss_bytes()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    (work,) = build_workloads(args, device, images, labels, only=args.memory_child)
+    for _ in range(max(args.warmup, 1) + 1):  # AdamW allocates its state in the first step: the second is typical
+        work.step()
+    synchronize(device)
+    if cuda:
+        peak, after = torch.cuda.max_memory_allocated(device), torch.cuda.memory_allocated(device)
+        method = "torch.cuda.max_memory_allocated - allocated before the model was built"
+    else:
+        peak, after = max_rss_bytes(), rss_bytes()
+        method = "ru_maxrss - RSS after imports, before the model was built (fresh process)"
+    emit_child_result({"peak_bytes": peak - base, "resident_after_bytes": after - base, "method": method})
+
+
+def _model_args(args: argparse.Namespace) -> list[str]:
+    out = ["--device", args.device, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size)]
+    out += ["--preset", args.preset, "--progress", str(args.progress), "--warmup", str(args.warmup)]
+    return out + (["--amp"] if args.amp else [])
+
+
+def run_step_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Time both workloads in this process, measure their memory in children; returns the results dict."""
+    import torch
+
+    device = torch.device(args.device)
+    images, labels = make_batch(args, device)
+    workloads = build_workloads(args, device, images, labels)
+    for work in workloads:
+        for _ in range(args.warmup):
+            work.step()
+    times: dict[str, list[float]] = {w.name: [] for w in workloads}
+    for rep in range(args.repeats):
+        order = workloads if rep % 2 == 0 else workloads[::-1]  # ABBA: drift on a shared machine hits both alike
+        for work in order:
+            times[work.name] += median_seconds(work.step, repeats=1, warmup=0, device=device).times_s
+    results: dict[str, Any] = {"machine": machine_info(device), "config": vars(args).copy(), "workloads": {}}
+    peak_mm = None if args.no_mfu else matmul_flops_per_s(device, amp=args.amp)
+    results["matmul_flops_per_s"] = peak_mm
+    for work in workloads:
+        ts = sorted(times[work.name])
+        median = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
+        entry: dict[str, Any] = {"times_s": times[work.name], "median_s": median, "img_per_s": args.batch_size / median}
+        entry["model_flops"] = work.flops
+        if peak_mm:
+            entry["mfu"] = work.flops / median / peak_mm
+        results["workloads"][work.name] = entry
+    del workloads, images, labels
+    if not args.no_memory:
+        for name in WORKLOADS:
+            child = run_json_child([str(Path(__file__).resolve()), "--memory-child", name, *_model_args(args)])
+            results["workloads"][name].update(child)
+    return results
+
+
+def run_data_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """images/s of the training DataLoader (TrainSamples + the gta5 augment) over synthetic GTA5-sized PNGs."""
+    import torch
+
+    from ppar_core.config import TRAIN_PRESETS
+    from ppar_core.data import build_dataset
+    from ppar_core.data.synth import write_domains
+    from ppar_core.engine.sampling import StreamSampler, TrainSamples
+
+    height, width = (int(v) for v in args.data_size.lower().split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.data_dir or tmp)
+        folder = root / "synth-source" / "images"
+        if len(list(folder.glob("*.png"))) < args.data_images:
+            write_domains(root, domains=("synth-source",), num=args.data_images, size=(height, width))
+        dataset = build_dataset("synth-source", data_root=root)
+        augment = TRAIN_PRESETS["gta5-vit-b16"].data.augment
+        batch = args.batch_size if args.batch_size > 1 else 8
+        loader = torch.utils.data.DataLoader(
+            TrainSamples(dataset, augment, seed=0),
+            batch_size=batch,
+            sampler=StreamSampler(batch_size=batch, accum_steps=1, rank=0, world_size=1, start_step=0),
+            num_workers=args.workers,
+            persistent_workers=args.workers > 0,
+        )
+        batches = iter(loader)
+        for _ in range(max(args.workers, 1)):  # let every worker start and fill its queue before timing
+            next(batches)
+        start = time.perf_counter()
+        for _ in range(args.data_batches):
+            images, _labels = next(batches)
+        elapsed = time.perf_counter() - start
+        del batches, loader
+    return {
+        "machine": machine_info("cpu"),
+        "images_per_s": args.data_batches * batch / elapsed,
+        "workers": args.workers,
+        "batch_size": batch,
+        "source_size_hw": [height, width],
+        "crop_hw": list(images.shape[-2:]),
+        "augment": "TRAIN_PRESETS['gta5-vit-b16'].data.augment",
+    }
+
+
+def _report(results: dict[str, Any]) -> tuple[float, float]:
+    # Human lines to stderr-free stdout; returns (time ratio, memory ratio).
+    bare, ppar = results["workloads"]["bare"], results["workloads"]["ppar"]
+    for name, w in (("bare", bare), ("ppar", ppar)):
+        line = f"{name:5s} median {w['median_s']:.3f} s  ({w['img_per_s']:.2f} img/s)"
+        line += f"  times {' '.join(f'{t:.3f}' for t in w['times_s'])}"
+        if "mfu" in w:
+            line += f"  model {w['model_flops'] / 1e9:.0f} GFLOP  MFU {100 * w['mfu']:.1f}%"
+        if "peak_bytes" in w:
+            line += f"  peak {w['peak_bytes'] / GIB:.2f} GiB (resident after {w['resident_after_bytes'] / GIB:.2f})"
+        print(line)
+    if results.get("matmul_flops_per_s"):
+        print(f"matmul reference {results['matmul_flops_per_s'] / 1e12:.3f} TFLOP/s")
+    time_ratio = ppar["median_s"] / bare["median_s"]
+    mem_ratio = ppar["peak_bytes"] / bare["peak_bytes"] if "peak_bytes" in ppar else float("nan")
+    return time_ratio, mem_ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.memory_child:
+        _memory_child(args)
+        return 0
+    if args.data_pipeline:
+        results = run_data_pipeline(args)
+        write_result("data_pipeline", results, path=args.json_path)
+        print(f"data_pipeline images_per_s={results['images_per_s']:.2f} workers={results['workers']}")
+        return 0
+    results = run_step_benchmark(args)
+    time_ratio, mem_ratio = _report(results)
+    results.update(time_ratio=time_ratio, memory_ratio=mem_ratio)
+    write_result(f"train_step_{torch_device_kind(args.device)}", results, path=args.json_path)
+    print(f"train_step ratio time={time_ratio:.3f} memory={mem_ratio:.3f}")
+    return 0
+
+
+def torch_device_kind(device: str) -> str:
+    return device.split(":")[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Reliability analysis: which source pixels did a PPAR run trust, and which did it discount?
+
+Two sources, one report shape (`WeightReport`):
+
+- `source="checkpoint"`: the statistics training kept (model buffers `weight_hist`, `weight_sum`, `weight_count`,
+  `weight_low`, `weight_high`, saved in every checkpoint), read without building the model. They cover every
+  applied weight, including the warm-up steps, during which training applies (and records) w = 1.
+- `source="data"`: weights computed afresh by the model for labelled images, with exactly the loss's own functions
+  (`losses.reliability`, `losses.reliability_weights`) and the run's loss options, fully ramped in (ramp = 1, as after
+  the warm-up). Each image is its own batch, so the mean normalisation `r / mean_valid(r)` runs over one image where
+  training ran it over a batch of crops.
+
+A run trained without reweighting (`reweight none` or `method erm`) applied no weights: its statistics are empty, and
+its data analysis shows what the OTP reliability would have been (mode `otp` with the run's `tau_w`, `eta`, `w_min`,
+`w_max`, which are LossConfig's defaults unless the run changed them).
+
+Images: `ppar_core.data` dataset specs; your own images are `folder=PATH`, with `PATH/images/*` and `PATH/labels/*.png`
+(trainIds, or another encoding via `id_map`), paired by file stem. Each image is resized as training resized it
+(`data.augment.resize` of the run, when set; `resize` changes that), then zero-padded at the bottom/right to a multiple
+of the backbone's stride (image 0, label 255, as training pads its crops); the weight map is cropped back.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ppar_core.errors import PparError
+from ppar_core.labels import CLASS_NAMES, IGNORE_INDEX
+from ppar_core.losses import LossConfig, reliability, reliability_weights, schedule
+from ppar_core.reliability import LOW_WEIGHT, empty_weight_stats, summarize_weight_stats, update_weight_stats
+
+STAT_TENSORS = ("weight_hist", "weight_sum", "weight_count", "weight_low", "weight_high")
+PLOTS_HINT = "pip install 'ppar[plots]'"
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """What `analyze_weights` computes. With `data` None only the checkpoint's statistics are read."""
+
+    data: str | None = None  # dataset spec NAME or NAME=PATH; your own images: folder=PATH (images/, labels/)
+    split: str = "train"  # the split the images come from (the source domain's training split by default)
+    num_images: int = 8  # images analysed, evenly spaced over the split (all of them when it has fewer)
+    data_root: str | None = None  # default $PPAR_DATA
+    id_map: str = "trainid"  # label encoding of `folder` datasets: trainid, labelid or a JSON file
+    resize: str = "train"  # "train" (the run's data.augment.resize), "none", or "HxW" (e.g. 720x1280)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+
+    def validate(self) -> AnalysisConfig:
+        """Raise `PparError` naming the first bad field; returns self so it chains."""
+        if self.num_images < 1:
+            raise PparError(f"--num must be at least 1, got {self.num_images}.")
+        parse_resize(self.resize, run_resize=None)
+        return self
+
+
+@dataclass(frozen=True)
+class ImageWeights:
+    """One analysed image: its file, the mean weight and the share of pixels below 0.5 (labelled pixels only)."""
+
+    file: str
+    name: str
+    mean: float | None  # None when the image has no labelled pixel
+    low_fraction: float
+    low_pixels: int
+    pixels: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "mean": self.mean, "low_fraction": self.low_fraction}
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """How the recorded steps split by weight ramp: warm-up (w = 1 recorded), ramp-in (0 < ramp < 1), full."""
+
+    warmup: int
+    ramp: int
+    full: int
+
+
+@dataclass
+class WeightReport:
+    """The result of one analysis; `to_dict()` is the JSON object of `ppar analyze-weights --json`."""
+
+    source: str  # "checkpoint" or "data"
+    checkpoint: Path
+    step: int  # the checkpoint's training step
+    method: str  # the run's loss.method
+    reweight: str  # the run's loss.reweight
+    weights_applied: bool  # False for runs trained without reweighting (their statistics are empty)
+    mode: str  # reliability mode of the weights shown: the run's, or "otp" for a run without reweighting
+    w_max: float  # the histograms' bins are uniform over [0, w_max]
+    classes: dict[str, dict[str, Any]]  # summarize_weight_stats output, one entry per class
+    images: list[ImageWeights] = field(default_factory=list)  # most down-weighted first (source "data")
+    schedule: StepSchedule | None = None  # source "checkpoint": what the recorded steps applied
+    files: list[Path] = field(default_factory=list)  # PNGs written
+    plots_note: str | None = None  # why the matplotlib plots were not written, and how to get them
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "classes": self.classes,
+            "images": [image.to_dict() for image in self.images],
+        }
+
+    @property
+    def total_pixels(self) -> int:
+        return sum(int(entry["pixels"]) for entry in self.classes.values())
+
+
+def analysis_loss_config(loss: LossConfig) -> tuple[LossConfig, bool]:
+    """The loss options the analysis computes weights with -> (config, weights_applied).
+
+    A run with reweighting keeps its own options; a run without (`reweight none`, `method erm`) gets mode `otp`
+    with its other options, to show what the OTP reliability would have been.
+    """
+    applied = loss.method != "erm" and loss.reweight != "none"
+    if applied:
+        return loss, True
+    return replace(loss, method="ppar", reweight="otp"), False
+
+
+def step_schedule(loss: LossConfig, *, iters: int, steps: int) -> StepSchedule:
+    """Count the first `steps` of an `iters`-step run by their weight ramp, with the trainer's own `schedule`."""
+    warmup = ramp = full = 0
+    for step in range(max(0, steps)):
+        rho = schedule(step / iters, loss)[2]
+        if rho <= 0:
+            warmup += 1
+        elif rho < 1:
+            ramp += 1
+        else:
+            full += 1
+    return StepSchedule(warmup=warmup, ramp=ramp, full=full)
+
+
+def _run_config(path: Path, config: dict[str, Any]) -> Any:
+    from ppar_core.config import TrainConfig, from_dict
+
+    try:
+        return from_dict(TrainConfig, config)
+    except PparError as exc:
+        raise PparError(f"{path} carries a config this version of ppar cannot read ({exc}).") from exc
+
+
+def load_weight_stats(path: str | Path) -> WeightReport:
+    """The reliability statistics stored in a checkpoint, per class (source "checkpoint"); builds no model."""
+    from ppar_core.checkpoint import load_checkpoint
+
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    cfg = _run_config(path, checkpoint.config)
+    missing = [name for name in STAT_TENSORS if name not in checkpoint.tensors]
+    if missing:
+        raise PparError(
+            f"Checkpoint {path} has no reliability statistics ({', '.join(missing)} missing): it was not written by "
+            "`ppar train`; analyse images with --data instead."
+        )
+    hist, sums, counts, low, high = (checkpoint.tensors[name] for name in STAT_TENSORS)
+    _, applied = analysis_loss_config(cfg.loss)
+    classes = summarize_weight_stats(hist, sums, counts, CLASS_NAMES, w_max=cfg.loss.w_max, low=low, high=high)
+    return WeightReport(
+        source="checkpoint",
+        checkpoint=path,
+        step=checkpoint.step,
+        method=cfg.loss.method,
+        reweight=cfg.loss.reweight,
+        weights_applied=applied,
+        mode=cfg.loss.reweight if applied else "none",
+        w_max=cfg.loss.w_max,
+        classes=classes,
+        schedule=step_schedule(cfg.loss, iters=cfg.iters, steps=checkpoint.step) if applied else None,
+    )
+
+
+def weight_maps(model: Any, images: Tensor, labels: Tensor, *, loss: LossConfig) -> tuple[Tensor, Tensor]:
+    """The loss's own per-pixel weights for a batch, fully ramped in -> (weights, reliability), (B,H,W) float32.
+
+    model: a `PPARSegmentor` in eval mode; images (B,3,H,W) float CLIP-normalised, H and W multiples of the stride;
+    labels (B,H,W) long, 255 ignored. `loss.reweight` must be `otp` or `ratio`. Weights and reliability are 0 at
+    ignored pixels; the mean normalisation runs over the whole batch, as in `ppar_loss`.
+    """
+    from ppar_core.runtime import autocast
+
+    if loss.reweight not in ("otp", "ratio"):
+        raise ValueError(f"weight maps need reweight 'otp' or 'ratio', got {loss.reweight!r}")
+    with torch.inference_mode(), autocast(images.device):
+        output = model(images)
+    # The same inputs the trainer hands to ppar_loss: float32 dense embeddings and VTP, the model's OTP buffer.
+    r = reliability(
+        output.dense.float(),
+        labels,
+        model.otp,
+        output.vtp.float(),
+        mode=loss.reweight,
+        tau_w=loss.tau_w,
+        ignore_index=loss.ignore_index,
+    )
+    valid = labels != loss.ignore_index
+    weights = reliability_weights(r, valid, eta=loss.eta, w_min=loss.w_min, w_max=loss.w_max, ramp=1.0)
+    return weights, r
+
+
+def parse_resize(text: str, *, run_resize: tuple[int, int] | None) -> tuple[int, int] | None:
+    """`train` -> the run's resize, `none` -> None, `HxW` -> (H, W)."""
+    value = text.strip().lower()
+    if value == "train":
+        return run_resize
+    if value == "none":
+        return None
+    match = re.fullmatch(r"(\d+)x(\d+)", value)
+    if match is None or min(int(match.group(1)), int(match.group(2))) < 1:
+        raise PparError(f"--resize {text!r} is not understood: use train, none, or HxW such as 720x1280.")
+    return int(match.group(1)), int(match.group(2))
+
+
+def prepare_pair(
+    image: np.ndarray, label: np.ndarray, *, stride: int, resize: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Resize (optional) and pad a pair to multiples of `stride` -> (image, label, (h, w) before padding).
+
+    image (H,W,3) uint8, label (H,W) uint8; padding is at the bottom/right, image 0 and label 255 (ignored), as
+    training pads its crops, so padded pixels get no weight and take no part in the normalisation.
+    """
+    from ppar_core.data.transforms import pad_to
+    from ppar_core.data.transforms import resize as resize_pair
+
+    if resize is not None:
+        image, label = resize_pair(image, label, size=resize)
+    height, width = label.shape
+    padded = (math.ceil(height / stride) * stride, math.ceil(width / stride) * stride)
+    image, label = pad_to(image, label, size=padded)
+    return image, label, (height, width)
+
+
+def spread_indices(total: int, num: int) -> list[int]:
+    """`num` indices evenly spaced over `range(total)` (all of them when total <= num), first and last included.
+
+    Spread rather than the first `num`: consecutive frames of one driving sequence would say little about a split.
+    """
+    if total <= num:
+        return list(range(total))
+    return sorted({int(round(i)) for i in np.linspace(0, total - 1, num)})
+
+
+def image_summary(weights: np.ndarray, label: np.ndarray, *, file: str, name: str) -> ImageWeights:
+    """Mean weight and low-weight share over the labelled pixels of one image; weights (H,W) float, label (H,W)."""
+    valid = label != IGNORE_INDEX
+    n = int(valid.sum())
+    w = weights[valid].astype(np.float64)
+    low = int((w < LOW_WEIGHT).sum())
+    return ImageWeights(
+        file=file,
+        name=name,
+        mean=float(w.mean()) if n else None,
+        low_fraction=low / n if n else 0.0,
+        low_pixels=low,
+        pixels=n,
+    )
+
+
+def analyze_images(
+    path: str | Path,
+    *,
+    config: AnalysisConfig,
+    out: Path | None = None,
+    on_image: Callable[[int, int], None] | None = None,
+) -> WeightReport:
+    """Compute weight maps afresh for `config.num_images` labelled images (source "data").
+
+    With `out`, writes one heat-map overlay per image to `out/images/<name>.png`. `on_image(done, total)` reports
+    progress.
+    """
+    from ppar_core.analysis_plots import write_weight_overlay
+    from ppar_core.data import build_dataset
+    from ppar_core.data.transforms import to_clip_tensor_layout
+    from ppar_core.predict import load_segmentor
+    from ppar_core.runtime import resolve_device
+
+    config.validate()
+    path = Path(path)
+    if config.data is None:
+        raise PparError("No images to analyse: pass --data DATASET or a folder with images/ and labels/.")
+    dataset = build_dataset(config.data, split=config.split, data_root=config.data_root, id_map=config.id_map)
+    model, cfg, checkpoint = load_segmentor(path, device=resolve_device(config.device))
+    loss, applied = analysis_loss_config(cfg.loss)
+    resize = parse_resize(config.resize, run_resize=cfg.data.augment.resize)
+    device = next(model.parameters()).device
+    stride = int(model.encoder.stride)
+
+    stats = empty_weight_stats(len(CLASS_NAMES))
+    images: list[ImageWeights] = []
+    indices = spread_indices(len(dataset), config.num_images)
+    for done, index in enumerate(indices, start=1):
+        sample = dataset[index]
+        image, label, (height, width) = prepare_pair(sample.image, sample.label, stride=stride, resize=resize)
+        batch = torch.from_numpy(to_clip_tensor_layout(image))[None].to(device)
+        labels = torch.from_numpy(label.astype(np.int64))[None].to(device)
+        weights, _ = weight_maps(model, batch, labels, loss=loss)
+        w = weights[0, :height, :width].float().cpu()
+        y = labels[0, :height, :width].cpu()
+        # The trainer's own accumulator, so bins and counts mean exactly what the checkpoint statistics mean.
+        update_weight_stats(
+            stats["hist"], stats["sums"], stats["counts"], stats["low"], stats["high"], w, y,
+            w_max=loss.w_max, ignore_index=loss.ignore_index,
+        )  # fmt: skip
+        shown_image, shown_label = image[:height, :width], label[:height, :width]
+        images.append(image_summary(w.numpy(), shown_label, file=str(dataset.pairs[index][0]), name=sample.name))
+        if out is not None:
+            write_weight_overlay(
+                Path(out) / "images" / f"{sample.name}.png", shown_image, shown_label, w.numpy(), w_max=loss.w_max
+            )
+        if on_image is not None:
+            on_image(done, len(indices))
+    classes = summarize_weight_stats(
+        stats["hist"],
+        stats["sums"],
+        stats["counts"],
+        CLASS_NAMES,
+        w_max=loss.w_max,
+        low=stats["low"],
+        high=stats["high"],
+    )
+    # Most down-weighted first: the images a user should look at.
+    images.sort(key=lambda item: (-item.low_fraction, item.mean if item.mean is not None else math.inf))
+    files = [Path(out) / "images" / f"{item.name}.png" for item in images] if out is not None else []
+    return WeightReport(
+        source="data",
+        checkpoint=path,
+        step=checkpoint.step,
+        method=cfg.loss.method,
+        reweight=cfg.loss.reweight,
+        weights_applied=applied,
+        mode=loss.reweight,
+        w_max=loss.w_max,
+        classes=classes,
+        images=images,
+        files=files,
+    )
+
+
+def analyze_weights(
+    path: str | Path,
+    *,
+    config: AnalysisConfig | None = None,
+    out: Path | None = None,
+    on_image: Callable[[int, int], None] | None = None,
+) -> WeightReport:
+    """The whole analysis of one checkpoint: its statistics, or (with `config.data`) weights computed afresh.
+
+    With `out`, writes the PNGs there: per-class histogram grid and mean-weight bar chart (matplotlib; when it is
+    missing `plots_note` says how to get them) and, for data, one heat-map overlay per image.
+    """
+    from ppar_core.analysis_plots import write_class_plots
+
+    config = (config or AnalysisConfig()).validate()
+    if config.data is None:
+        report = load_weight_stats(path)
+    else:
+        report = analyze_images(path, config=config, out=out, on_image=on_image)
+    if out is not None:
+        try:
+            report.files = [*write_class_plots(report, Path(out)), *report.files]
+        except ImportError:
+            report.plots_note = (
+                f"matplotlib is not installed, so no class plots were written: {PLOTS_HINT} to get them."
+            )
+    return report

@@ -1,0 +1,85 @@
+"""`ppar train` and `ppar demo` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+TINY = ["--preset", "synth-tiny", "--batch-size", "2", "--set", "data.augment.crop_size=[64,128]"]
+
+
+def test_help_has_examples(cli) -> None:
+    for command in (["train"], ["demo"]):
+        result = cli(*command, "--help")
+        assert result.code == 0
+        assert "Example" in result.out
+
+
+def test_flags_reach_the_config(cli, synth_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = cli(
+        "train", *TINY, "--data-root", synth_root, "--targets", "synth-real,synth-fog", "--iters", "2",
+        "--reweight", "ratio", "--vtp", "mix", "--seed", "7", "--out", out, "--set", "data.eval_max_images=1",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    config = json.loads((out / "config.json").read_text())
+    assert config["loss"]["reweight"] == "ratio"
+    assert config["model"]["vtp"]["kind"] == "mix"
+    assert config["seed"] == 7 and config["iters"] == 2
+    assert config["data"]["targets"] == ["synth-real", "synth-fog"]
+    assert config["data"]["data_root"] == str(synth_root)
+    assert config["model"]["pretrained"] is None  # tiny's default weights: random init, resolved at start
+    assert "synth-real" in result.out and "synth-fog" in result.out and "mean" in result.out
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report["targets"]) == {"synth-real", "synth-fog"}
+    assert report["step"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "iters=many"], "'iters' expects int"),
+        (["--set", "optim.nope=1"], "Unknown config key 'optim.nope'"),
+        (["--align", "sideways"], "align"),
+        (["--source", "synth-source=/no/such/folder"], "/no/such/folder"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(cli, tmp_path: Path, args: list[str], message: str) -> None:
+    result = cli("train", *TINY, "--out", tmp_path / "run", *args)
+    assert result.code == 1
+    assert message in result.err
+    assert "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(cli, tmp_path: Path) -> None:
+    from ppar_core.errors import PparError
+
+    with pytest.raises(PparError):
+        cli("--debug", "train", *TINY, "--out", tmp_path / "run", "--set", "iters=many")
+
+
+def test_demo_rejects_unknown_baseline(cli, tmp_path: Path) -> None:
+    result = cli("demo", "--out", tmp_path, "--compare", "dino")
+    assert result.code == 1 and "--compare erm" in result.err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_with_comparison(cli, tmp_path: Path) -> None:
+    result = cli("demo", "--out", tmp_path, "--iters", "3", "--compare", "erm")
+    assert result.code == 0, result.err
+    for column in ("ppar", "erm", "synth-real", "synth-night", "synth-fog", "mean"):
+        assert column in result.out
+    for method in ("ppar", "erm"):
+        report = json.loads((tmp_path / method / "eval.json").read_text())
+        assert set(report["targets"]) == {"synth-real", "synth-night", "synth-fog"}
+        assert all(t["images"] == 40 for t in report["targets"].values())
+    overlays = sorted((tmp_path / "overlays").glob("*.png"))
+    assert len(overlays) == 6 and all(p.stat().st_size > 1000 for p in overlays)
+    # A second run reuses the data and the prototypes, and replaces the runs.
+    before = (tmp_path / "prototypes.safetensors").stat().st_mtime_ns
+    assert cli("demo", "--out", tmp_path, "--iters", "2").code == 0
+    assert (tmp_path / "prototypes.safetensors").stat().st_mtime_ns == before
+    assert json.loads((tmp_path / "ppar" / "eval.json").read_text())["step"] == 2
