@@ -5,12 +5,14 @@ before torch is loaded. Functions that need torch import it inside.
 
 Peak memory, the two methods used in bench/ and why:
 
-- CPU: `max_rss_bytes()` reads the kernel's high-water mark of the resident set (`ru_maxrss`), exact and free of
-  sampling gaps, but it only ever grows, and glibc keeps freed heap pages mapped, so after one workload the RSS no
-  longer says anything about the next. Each workload therefore runs in a fresh child process
-  (`run_json_child`) that reports `max_rss_bytes() - baseline`, the baseline being `rss_bytes()` after the imports
-  and before the workload allocates anything. `RssPeakSampler` (a thread polling /proc/self/statm) is the in-process
-  alternative for a workload that cannot be moved to a child; it can miss a peak shorter than its interval.
+- CPU: `max_rss_bytes()` reads the kernel's high-water mark of the resident set (VmHWM), exact and free of
+  sampling gaps. glibc keeps freed heap pages mapped, so after one workload the RSS no longer says anything about
+  the next: each workload therefore runs in a fresh child process (`run_json_child`) that reports
+  `max_rss_bytes() - baseline`, the baseline being `rss_bytes()` after the imports and before the workload
+  allocates anything. `reset_peak_rss()` restarts the high-water mark, so a phase (the training steps, not the
+  model construction before them) can be measured on its own. `RssPeakSampler` (a thread polling
+  /proc/self/statm) is the in-process alternative for a workload that cannot be moved to a child; it can miss a
+  peak shorter than its interval.
 - CUDA: `torch.cuda.max_memory_allocated()` counts the bytes of live tensors exactly (not the allocator's cached
   reserve), so it needs no child process; `cuda_peak_bytes` wraps the reset/read pair.
 """
@@ -39,6 +41,7 @@ __all__ = [
     "machine_info",
     "max_rss_bytes",
     "median_seconds",
+    "reset_peak_rss",
     "results_dir",
     "rss_bytes",
     "run_json_child",
@@ -60,9 +63,33 @@ def rss_bytes() -> int:
 
 
 def max_rss_bytes() -> int:
-    """The peak resident set size of this process since it started, in bytes (Linux reports KiB, macOS bytes)."""
+    """The peak resident set size of this process in bytes: since the last `reset_peak_rss()`, else since start.
+
+    Linux: VmHWM of /proc/self/status (the counter `reset_peak_rss` resets); elsewhere ru_maxrss.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs).
+
+    Lets one process measure the peak of one phase (e.g. training steps, not the model build before them).
+    Returns False where it is not supported; `max_rss_bytes()` then still counts from the process start.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class RssPeakSampler:

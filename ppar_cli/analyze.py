@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -9,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ppar_cli.options import DataRootOption, DeviceOption, JsonOption, console, err_console, print_json
+from ppar_cli.render import progress_bars
 
 if TYPE_CHECKING:
     from ppar_core.analysis import WeightReport
@@ -65,7 +67,8 @@ def command(
     reports: dict[str, WeightReport] = {}
     outs = {key: out if (out is None or compare is None) else out / key for key in runs}
     for key, path in runs.items():
-        with _progress(enabled=spec is not None, label=f"{key} {path.name}") as on_image:
+        with progress_bars(enabled=spec is not None) as bars:
+            on_image = functools.partial(bars, f"weights {key} {path.name}")
             reports[key] = analyze_weights(path, config=config, out=outs[key], on_image=on_image)
     if as_json:
         if compare is None:
@@ -83,38 +86,6 @@ def command(
             console.print(f"Wrote {len(report.files)} PNG files to {outs[key]}.")
         if report.plots_note:
             err_console.print(f"[yellow]{report.plots_note}[/yellow]")
-
-
-class _progress:
-    """A transient progress bar on stderr fed by `on_image(done, total)`; a no-op when disabled.
-
-    The bar starts at the first image, not before: an error while the data or model load then stays one clean line.
-    """
-
-    def __init__(self, *, enabled: bool, label: str) -> None:
-        self.enabled, self.label = enabled, label
-        self.progress: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        def on_image(done: int, total: int) -> None:
-            if self.progress is None:
-                self.progress = Progress(
-                    TextColumn(f"[bold]weights[/bold] {self.label}"), BarColumn(), MofNCompleteColumn(),
-                    console=err_console, transient=True,
-                )  # fmt: skip
-                self.progress.start()
-                self.task = self.progress.add_task("images", total=total)
-            self.progress.update(self.task, completed=done, total=total)
-
-        return on_image
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
 
 
 def _describe(report: WeightReport, key: str | None) -> None:

@@ -5,8 +5,6 @@ The library (numpy, PIL, OpenCV) is imported inside the command bodies so that `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,7 +12,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ppar_cli.options import DataRootOption, JsonOption, console, err_console, print_json
+from ppar_cli.options import DataRootOption, JsonOption, console, print_json
+from ppar_cli.render import progress_bars
 from ppar_core.errors import PparError
 
 if TYPE_CHECKING:
@@ -79,8 +78,8 @@ def check(
             raise PparError(f"Dataset {dataset!r} already names a path: drop --root or the =PATH part.")
         dataset = f"{dataset}={root}"
     ds = build_dataset(dataset, split=split, data_root=data_root, mapillary_map=mapillary_map, id_map=id_map)
-    with _progress(f"checking {ds.name}") as advance:
-        report = check_dataset(ds, limit=limit, progress=advance)
+    with progress_bars() as bars:
+        report = check_dataset(ds, limit=limit, progress=lambda done, total: bars(f"checking {ds.name}", done, total))
     if json_out:
         print_json(report.to_json())
     else:
@@ -111,7 +110,11 @@ def synth(
 
     extra = load_style_file(style_file) if style_file is not None else {}
     chosen = [d.strip() for d in domains.split(",") if d.strip()] if domains else [*DEFAULT_DOMAINS, *extra]
-    with _progress("writing synthetic domains") as advance:
+    with progress_bars() as bars:
+
+        def advance(done: int, total: int) -> None:
+            bars("writing synthetic domains", done, total)
+
         folders = write_domains(
             out,
             domains=chosen,
@@ -135,28 +138,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if not sep or not height.strip().isdigit() or not width.strip().isdigit() or min(int(height), int(width)) < 1:
         raise PparError(f"Size {text!r} is not HxW with positive integers: write e.g. --size 256x512.")
     return int(height), int(width)
-
-
-@contextmanager
-def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr (stdout stays clean for --json); yields `advance(done, total)`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
-    task = bar.add_task(description, total=None)
-
-    def advance(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    with bar:
-        yield advance
 
 
 def _render_report(report: CheckReport) -> None:

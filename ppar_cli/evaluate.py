@@ -6,8 +6,6 @@ flags, shows a progress bar on stderr, prints per-class tables and writes `eval.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +13,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ppar_cli.options import DataRootOption, DeviceOption, JsonOption, console, err_console, print_json
+from ppar_cli.options import DataRootOption, DeviceOption, JsonOption, console, print_json
+from ppar_cli.render import progress_bars
 from ppar_core.errors import PparError
 
 HELP = """Evaluate a checkpoint on target datasets (per-class IoU, mIoU per target, mean over targets).
@@ -57,7 +56,7 @@ def command(
 ) -> None:
     from ppar_core.report import write_eval_report
 
-    with _progress(enabled=True) as progress:
+    with progress_bars() as progress:
         if predictions is not None:
             from ppar_core.prediction_eval import evaluate_prediction_folder
 
@@ -93,29 +92,6 @@ def command(
 
 def _split_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-@contextmanager
-def _progress(*, enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar on stderr, one task per target; yields `progress(target, done, total)`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    if not enabled:
-        yield None
-        return
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True,
-    )  # fmt: skip
-    tasks: dict[str, Any] = {}
-
-    def update(name: str, done: int, total: int) -> None:
-        if name not in tasks:
-            tasks[name] = bar.add_task(f"eval {name}", total=total)
-        bar.update(tasks[name], completed=done, total=total)
-
-    with bar:
-        yield update
 
 
 def _fmt(value: float | None) -> str:

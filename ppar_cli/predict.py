@@ -7,13 +7,14 @@ progress bar on stderr and prints the table of classes found.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from ppar_cli.options import DeviceOption, JsonOption, console, err_console, print_json
+from ppar_cli.render import progress_bars
 
 HELP = """Segment images: files, folders (recursively) or glob patterns.
 
@@ -42,26 +43,20 @@ def command(
     device: DeviceOption = "auto",
     json_out: JsonOption = False,
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from ppar_core.labels import CLASS_NAMES
     from ppar_core.predict import Predictor, collect_inputs, parse_formats, predict_files
 
     chosen = parse_formats(formats)
     items = collect_inputs(inputs)
-    changes = {k: v for k, v in {"mode": inference, "crop_size": crop, "stride": stride, "tta": tta}.items() if v}
+    flags = {"mode": inference, "crop_size": crop, "stride": stride, "tta": tta}
+    changes: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     predictor = Predictor.from_checkpoint(checkpoint, device=device, **changes)
-    bar = Progress(
-        TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
-        transient=True,
-    )  # fmt: skip
-    with bar:
-        task = bar.add_task("predict", total=len(items))
+    with progress_bars() as bars:
         summary = predict_files(
             predictor, items, out, formats=chosen, alpha=alpha,
-            progress=lambda done, total, _path: bar.update(task, completed=done),
+            progress=lambda done, total, _path: bars("predict", done, total),
         )  # fmt: skip
-    classes = [
+    classes: list[dict[str, Any]] = [
         {"class": CLASS_NAMES[k], "pixels": int(summary.class_pixels[k]), "images": int(summary.class_images[k])}
         for k in range(len(CLASS_NAMES))
         if summary.class_images[k] > 0
@@ -76,7 +71,7 @@ def command(
         for name in ("class", "pixels", "images"):
             table.add_column(name, justify="left" if name == "class" else "right")
         for row in classes:
-            table.add_row(row["class"], f"{row['pixels']:,}", str(row["images"]))
+            table.add_row(escape(row["class"]), f"{row['pixels']:,}", str(row["images"]))
         console.print(table)
         console.print(f"Wrote {len(summary.written)} file(s) under {escape(str(out))}")
     for path, message in summary.failed:

@@ -5,8 +5,6 @@ torch, open_clip and the library are imported inside the command bodies so that 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,33 +12,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ppar_cli.options import DataRootOption, DeviceOption, JsonOption, console, err_console, print_json
+from ppar_cli.options import DataRootOption, DeviceOption, JsonOption, console, print_json
+from ppar_cli.render import progress_bars
 
 if TYPE_CHECKING:
     from ppar_core.prototypes import Prototypes
 
 app = typer.Typer(help="Class prototypes: build them with CLIP, inspect a prototypes file.", no_args_is_help=True)
-
-
-@contextmanager
-def _progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, int, str], None] | None]:
-    """A rich progress bar on stderr (stdout stays clean for --json); yields `progress(done, total, name)`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    if not enabled:
-        yield None
-        return
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
-    task = bar.add_task(description, total=None)
-    with bar:
-        yield lambda done, total, _name: bar.update(task, completed=done, total=total)
 
 
 def _summary(protos: Prototypes) -> dict[str, Any]:
@@ -119,7 +97,11 @@ def build(
 
     weights = get_preset(model).default_pretrained if pretrained is None else pretrained
     weights = None if weights is not None and weights.lower() == "none" else weights
-    with _progress_bar("visual prototypes", enabled=bool(data)) as progress:
+    with progress_bars(enabled=bool(data)) as bars:
+
+        def progress(done: int, total: int, _name: str) -> None:
+            bars("visual prototypes", done, total)
+
         protos = build_prototypes(
             model,
             pretrained=weights,

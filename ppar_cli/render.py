@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -103,3 +103,40 @@ def miou_table(runs: Mapping[str, Mapping[str, Any]], *, title: str) -> Table:
         means.append(sum(values) / len(values) if values else None)
     table.add_row("[bold]mean[/bold]", *(f"[bold]{_fmt(m)}[/bold]" for m in means))
     return table
+
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@contextmanager
+def progress_bars(*, enabled: bool = True) -> Iterator[ProgressFn]:
+    """Transient progress bars on stderr (stdout stays clean for --json), one per task name.
+
+    Yields `update(name, done, total)` (a no-op when disabled); the display starts with the first update, so errors
+    raised before any work print alone.
+    """
+    if not enabled:
+        yield lambda name, done, total: None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=total)
+        bar.update(tasks[name], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bar.stop()

@@ -31,6 +31,7 @@ from ppar_core.metrics import SegMetrics
 from ppar_core.runtime import atomic_write, file_sha256
 
 if TYPE_CHECKING:
+    from ppar_core.config import TrainConfig
     from ppar_core.data import SegDataset
 
 REPORT_FILE = "eval.json"
@@ -194,6 +195,24 @@ def build_eval_report(
     if synthia or any("miou_16" in t for t in targets.values()):
         report["mean_miou_16"] = _finite_mean([t.get("miou_16") for t in targets.values()])
     return report
+
+
+def training_eval_report(
+    cfg: TrainConfig, results: Mapping[str, TargetResult], *, checkpoint: Path, step: int
+) -> dict[str, Any]:
+    """The report of a training run's final evaluation (run with `cfg.eval` on every target), for `eval.json`."""
+    from ppar_core.data.registry import parse_spec
+
+    return build_eval_report(
+        results,
+        inference=cfg.eval,
+        split=cfg.data.target_split,
+        mapillary_map=cfg.data.mapillary_map,
+        checkpoint=checkpoint,
+        step=step,
+        synthia=parse_spec(cfg.data.source)[0] == "synthia",
+        max_images=cfg.data.eval_max_images,
+    )
 
 
 def _target_entry(result: TargetResult) -> dict[str, Any]:

@@ -150,3 +150,18 @@ def test_mapillary_defaults_to_long_side_2048_unless_a_scale_is_given() -> None:
     )  # fmt: skip
     assert report["protocol"]["per_target"] == {"mapillary": {"long_side": 2048}}
     assert report["protocol"]["mapillary_map"] == "name"
+
+
+def test_training_report_records_the_run_protocol(tmp_path: Path) -> None:
+    from ppar_core.config import get_train_preset
+    from ppar_core.report import training_eval_report, write_eval_report
+
+    checkpoint = tmp_path / "last.safetensors"
+    checkpoint.write_bytes(b"stand-in bytes")  # only hashed here
+    cfg = get_train_preset("synth-tiny")
+    report = training_eval_report(cfg, {"synth-real": _metrics({0: 40.0, 1: 20.0})}, checkpoint=checkpoint, step=4)
+    assert report["targets"]["synth-real"]["miou"] == pytest.approx(30.0)
+    assert report["protocol"]["sha256"] == file_sha256(checkpoint) and report["protocol"]["step"] == 4
+    assert report["protocol"]["max_images"] == 40 and report["protocol"]["mode"] == "whole"
+    json_path, _ = write_eval_report(tmp_path, report)
+    assert json.loads(json_path.read_text()) == report

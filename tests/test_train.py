@@ -241,3 +241,16 @@ def test_ddp_two_gloo_processes_train_one_checkpoint(synth_root: Path, tmp_path:
     assert [r["step"] for r in records] == [1, 2, 3]  # rank 0 alone logs
     # Evaluation is split across the two ranks and summed: every target image counted once.
     assert json.loads((out / "eval.json").read_text())["targets"]["synth-real"]["images"] == 3
+
+
+@pytest.mark.slow
+def test_samples_do_not_depend_on_worker_count_and_accumulation_runs(synth_root: Path, tmp_path: Path) -> None:
+    # Every sample is a function of (seed, k): loading in 2 worker processes gives the same run as in-process.
+    a = train(_quick(synth_root, tmp_path / "w0", data={"workers": 0}))
+    b = train(_quick(synth_root, tmp_path / "w2", data={"workers": 2}))
+    ta, tb = _final_tensors(a.checkpoint), _final_tensors(b.checkpoint)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    # Gradient accumulation: 2 micro-batches of 1 per step, every step logged once with finite terms.
+    c = train(_quick(synth_root, tmp_path / "acc", batch_size=1, optim={"accum_steps": 2}))
+    assert c.step == 3
+    assert [r["step"] for r in _records(tmp_path / "acc")] == [1, 2, 3]

@@ -43,6 +43,7 @@ from ppar_core.losses import ppar_loss
 from ppar_core.metrics import SegMetrics
 from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor, resolve_model_config
 from ppar_core.reliability import update_weight_stats
+from ppar_core.report import build_target_datasets, target_inference, training_eval_report, write_eval_report
 from ppar_core.runtime import autocast, capture_rng_state, restore_rng_state, seed_everything
 
 log = logging.getLogger("ppar.train")
@@ -126,12 +127,17 @@ def _truncate_jsonl(path: Path, *, after_step: int) -> None:
 
 
 def _build_targets(cfg: TrainConfig) -> dict[str, Any]:
-    return {
-        spec.split("=", 1)[0]: build_dataset(
+    """name -> dataset; ACDC (`acdc`) is evaluated per condition (`acdc-fog`, ...), as `ppar eval` does."""
+    targets: dict[str, Any] = {}
+    for spec in cfg.data.targets:
+        built = build_target_datasets(
             spec, split=cfg.data.target_split, data_root=cfg.data.data_root, mapillary_map=cfg.data.mapillary_map
         )
-        for spec in cfg.data.targets
-    }
+        if isinstance(built, dict):
+            targets.update({f"acdc-{condition}": dataset for condition, dataset in built.items()})
+        else:
+            targets[spec.split("=", 1)[0]] = built
+    return targets
 
 
 def _evaluate(
@@ -145,17 +151,20 @@ def _evaluate(
         with autocast(dist.device):
             return model.predict_logits(images).float()
 
+    scale_given = cfg.eval.scale != 1.0 or cfg.eval.long_side is not None
     model.eval()
-    results = evaluate_targets(
-        model_fn,
-        targets,
-        cfg.eval,
-        num_classes=model.num_classes,
-        device=dist.device,
-        max_images=cfg.data.eval_max_images,
-        progress=on_eval_progress,
-        dist=dist if dist.enabled else None,
-    )
+    results: dict[str, SegMetrics] = {}
+    for name, dataset in targets.items():
+        results |= evaluate_targets(
+            model_fn,
+            {name: dataset},
+            target_inference(name, cfg.eval, scale_given=scale_given),  # Mapillary: long side 2048
+            num_classes=model.num_classes,
+            device=dist.device,
+            max_images=cfg.data.eval_max_images,
+            progress=on_eval_progress,
+            dist=dist if dist.enabled else None,
+        )
     model.train()
     return results
 
@@ -309,7 +318,8 @@ def _train(
         result.metrics = _evaluate(core, targets, cfg, dist, on_eval_progress)
         result.mean_miou = mean_miou(result.metrics)
         if dist.is_main:
-            _write_eval_report(out, cfg, result)
+            report = training_eval_report(cfg, result.metrics, checkpoint=model_path, step=step)
+            write_eval_report(out, report)
     return result
 
 
@@ -396,14 +406,3 @@ def _update_stats(
     # Increments are all-reduced so every rank (and so rank 0's checkpoint) holds the statistics of all pixels.
     for total, inc in zip(core.weight_stats(), (hist, sums, counts, low, high), strict=True):
         total += reducer(inc) if reducer is not None else inc
-
-
-def _write_eval_report(out: Path, cfg: TrainConfig, result: TrainResult) -> None:
-    report = {
-        "checkpoint": str(result.checkpoint),
-        "step": result.step,
-        "targets": {name: m.to_dict(list(CLASS_NAMES)) for name, m in result.metrics.items()},
-        "mean_miou": result.mean_miou,
-        "protocol": {"split": cfg.data.target_split, "mapillary_map": cfg.data.mapillary_map, **to_dict(cfg.eval)},
-    }
-    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
