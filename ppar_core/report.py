@@ -198,9 +198,14 @@ def build_eval_report(
 
 
 def training_eval_report(
-    cfg: TrainConfig, results: Mapping[str, TargetResult], *, checkpoint: Path, step: int
+    cfg: TrainConfig,
+    results: Mapping[str, TargetResult],
+    *,
+    checkpoint: Path,
+    step: int,
+    per_target: Mapping[str, InferenceConfig] | None = None,
 ) -> dict[str, Any]:
-    """The report of a training run's final evaluation (run with `cfg.eval` on every target), for `eval.json`."""
+    """The report of a training run's final evaluation, for `eval.json`; `per_target` as in `build_eval_report`."""
     from ppar_core.data.registry import parse_spec
 
     return build_eval_report(
@@ -211,6 +216,7 @@ def training_eval_report(
         checkpoint=checkpoint,
         step=step,
         synthia=parse_spec(cfg.data.source)[0] == "synthia",
+        per_target=per_target,
         max_images=cfg.data.eval_max_images,
     )
 

@@ -25,6 +25,16 @@ def test_help_lists_every_command_with_real_help(cli) -> None:
         assert "being written" not in sub.out, command
 
 
+def test_every_leaf_command_help_has_an_example(cli) -> None:
+    leaves = [
+        ["data", "check"], ["data", "synth"], ["data", "list"], ["models", "list"], ["prototypes", "build"],
+        ["prototypes", "show"], ["train"], ["demo"], ["eval"], ["predict"], ["analyze-weights"],
+    ]  # fmt: skip
+    for leaf in leaves:
+        result = cli(*leaf, "--help")
+        assert result.code == 0 and "example" in result.out.lower(), leaf
+
+
 def test_no_arguments_shows_help(cli) -> None:
     result = cli()
     assert "Usage" in result.out + result.err

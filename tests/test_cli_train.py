@@ -34,7 +34,7 @@ def test_flags_reach_the_config(cli, synth_root: Path, tmp_path: Path) -> None:
     assert "synth-real" in result.out and "synth-fog" in result.out and "mean" in result.out
     report = json.loads((out / "eval.json").read_text())
     assert set(report["targets"]) == {"synth-real", "synth-fog"}
-    assert report["step"] == 2
+    assert report["protocol"]["step"] == 2
 
 
 @pytest.mark.parametrize(
@@ -82,4 +82,4 @@ def test_demo_end_to_end_with_comparison(cli, tmp_path: Path) -> None:
     before = (tmp_path / "prototypes.safetensors").stat().st_mtime_ns
     assert cli("demo", "--out", tmp_path, "--iters", "2").code == 0
     assert (tmp_path / "prototypes.safetensors").stat().st_mtime_ns == before
-    assert json.loads((tmp_path / "ppar" / "eval.json").read_text())["step"] == 2
+    assert json.loads((tmp_path / "ppar" / "eval.json").read_text())["protocol"]["step"] == 2

@@ -233,8 +233,8 @@ def test_ddp_two_gloo_processes_train_one_checkpoint(synth_root: Path, tmp_path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     assert files == [
-        "config.json", "eval.json", "last.safetensors", "last.state.safetensors", "metrics.jsonl",
-        "prototypes.safetensors",
+        "config.json", "eval.json", "eval_per_class.csv", "last.safetensors", "last.state.safetensors",
+        "metrics.jsonl", "prototypes.safetensors",
     ]  # fmt: skip
     assert load_checkpoint(out / "last.safetensors").step == 3
     records = _records(out)

@@ -35,6 +35,7 @@ from ppar_core.config import RESUMABLE_FIELDS, TrainConfig, config_diff, from_di
 from ppar_core.data import build_dataset
 from ppar_core.engine.distributed import DistContext, cleanup_distributed, init_distributed
 from ppar_core.engine.evaluate import evaluate_targets, mean_miou
+from ppar_core.engine.inference import InferenceConfig
 from ppar_core.engine.optim import build_optimizer, lr_at, set_lr
 from ppar_core.engine.sampling import StreamSampler, TrainSamples
 from ppar_core.errors import PparError
@@ -140,6 +141,12 @@ def _build_targets(cfg: TrainConfig) -> dict[str, Any]:
     return targets
 
 
+def _target_protocols(cfg: TrainConfig, targets: dict[str, Any]) -> dict[str, InferenceConfig]:
+    """The inference protocol of each target: `cfg.eval`, except Mapillary's long side 2048 (as `ppar eval`)."""
+    scale_given = cfg.eval.scale != 1.0 or cfg.eval.long_side is not None
+    return {name: target_inference(name, cfg.eval, scale_given=scale_given) for name in targets}
+
+
 def _evaluate(
     model: PPARSegmentor,
     targets: dict[str, Any],
@@ -151,14 +158,14 @@ def _evaluate(
         with autocast(dist.device):
             return model.predict_logits(images).float()
 
-    scale_given = cfg.eval.scale != 1.0 or cfg.eval.long_side is not None
+    protocols = _target_protocols(cfg, targets)
     model.eval()
     results: dict[str, SegMetrics] = {}
     for name, dataset in targets.items():
         results |= evaluate_targets(
             model_fn,
             {name: dataset},
-            target_inference(name, cfg.eval, scale_given=scale_given),  # Mapillary: long side 2048
+            protocols[name],
             num_classes=model.num_classes,
             device=dist.device,
             max_images=cfg.data.eval_max_images,
@@ -318,7 +325,8 @@ def _train(
         result.metrics = _evaluate(core, targets, cfg, dist, on_eval_progress)
         result.mean_miou = mean_miou(result.metrics)
         if dist.is_main:
-            report = training_eval_report(cfg, result.metrics, checkpoint=model_path, step=step)
+            protocols = _target_protocols(cfg, targets)
+            report = training_eval_report(cfg, result.metrics, checkpoint=model_path, step=step, per_target=protocols)
             write_eval_report(out, report)
     return result
 
