@@ -70,15 +70,18 @@ def demo_config(out: Path, *, method: str, iters: int | None, device: str) -> Tr
     return merge(cfg, changes).validate()
 
 
-def write_overlays(checkpoint: Path, data_root: Path, out: Path, *, per_domain: int = 2) -> list[Path]:
-    """Predict a few target images and write `<domain>_<name>.png`: image | prediction overlay | ground truth."""
+def write_overlays(
+    checkpoint: Path, data_root: Path, out: Path, *, per_domain: int = 2, device: str = "cpu"
+) -> list[Path]:
+    """Predict a few images of each target and write `<name>.png` panels: the image and its ground truth on top,
+    the prediction with a legend of the classes it found below."""
     import cv2
 
     from ppar_core.data import build_dataset
     from ppar_core.predict import Predictor
     from ppar_core.visualize import overlay, overlay_with_legend
 
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for domain in TARGET_DOMAINS:
@@ -125,5 +128,5 @@ def run_demo(
             with make_progress(cfg) as progress:
                 result.runs[method] = train(cfg, on_log=progress.on_log, on_eval_progress=progress.on_eval)
     stage("Overlays")
-    result.overlays = write_overlays(result.runs["ppar"].checkpoint, out / "data", out / "overlays")
+    result.overlays = write_overlays(result.runs["ppar"].checkpoint, out / "data", out / "overlays", device=device)
     return result
