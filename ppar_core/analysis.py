@@ -36,9 +36,14 @@ from torch import Tensor
 from ppar_core.errors import PparError
 from ppar_core.labels import CLASS_NAMES, IGNORE_INDEX
 from ppar_core.losses import LossConfig, reliability, reliability_weights, schedule
-from ppar_core.reliability import LOW_WEIGHT, empty_weight_stats, summarize_weight_stats, update_weight_stats
+from ppar_core.reliability import (
+    LOW_WEIGHT,
+    WEIGHT_STAT_BUFFERS,
+    empty_weight_stats,
+    summarize_weight_stats,
+    update_weight_stats,
+)
 
-STAT_TENSORS = ("weight_hist", "weight_sum", "weight_count", "weight_low", "weight_high")
 PLOTS_HINT = "pip install 'ppar[plots]'"
 
 
@@ -158,13 +163,13 @@ def load_weight_stats(path: str | Path) -> WeightReport:
     path = Path(path)
     checkpoint = load_checkpoint(path)
     cfg = _run_config(path, checkpoint.config)
-    missing = [name for name in STAT_TENSORS if name not in checkpoint.tensors]
+    missing = [name for name in WEIGHT_STAT_BUFFERS if name not in checkpoint.tensors]
     if missing:
         raise PparError(
             f"Checkpoint {path} has no reliability statistics ({', '.join(missing)} missing): it was not written by "
             "`ppar train`; analyse images with --data instead."
         )
-    hist, sums, counts, low, high = (checkpoint.tensors[name] for name in STAT_TENSORS)
+    hist, sums, counts, low, high = (checkpoint.tensors[name] for name in WEIGHT_STAT_BUFFERS)
     _, applied = analysis_loss_config(cfg.loss)
     classes = summarize_weight_stats(hist, sums, counts, CLASS_NAMES, w_max=cfg.loss.w_max, low=low, high=high)
     return WeightReport(

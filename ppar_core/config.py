@@ -214,6 +214,14 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """tree["a"]["b"] = value for key "a.b", creating the intermediate tables."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
 def apply_overrides(cfg: T, overrides: list[str]) -> T:
     """Apply `a.b=value` overrides (type-checked against the field they set)."""
     for item in overrides:
@@ -221,11 +229,7 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
         if not sep or not key.strip():
             raise PparError(f"Override {item!r} is not of the form key=value (e.g. optim.lr=1e-4).")
         nested: dict[str, Any] = {}
-        node = nested
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(raw.strip())
+        _set_dotted(nested, key.strip(), _parse_value(raw.strip()))
         cfg = merge(cfg, nested)
     return cfg
 
@@ -352,12 +356,6 @@ def resolve_config(
     for name, value in (flags or {}).items():
         if value is None:
             continue
-        if name == "crop":
-            value = [value, value]
-        node = nested
-        *parents, leaf = FLAG_FIELDS[name].split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        _set_dotted(nested, FLAG_FIELDS[name], [value, value] if name == "crop" else value)
     cfg = merge(cfg, nested)
     return apply_overrides(cfg, overrides or []).validate()

@@ -29,6 +29,10 @@ def hist_edges(w_max: float) -> Tensor:
     return edges
 
 
+# The model buffers that hold the statistics (in every checkpoint), in the order of `empty_weight_stats`' values.
+WEIGHT_STAT_BUFFERS = ("weight_hist", "weight_sum", "weight_count", "weight_low", "weight_high")
+
+
 def empty_weight_stats(num_classes: int, *, device: torch.device | str = "cpu") -> dict[str, Tensor]:
     """Zeroed statistics: {"hist": (K, NUM_BINS), "sums": (K,), "counts": (K,), "low": (K,), "high": (K,)}, float64."""
     stats = {"hist": torch.zeros(num_classes, NUM_BINS, dtype=torch.float64, device=device)}

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from ppar_core.analysis import (
-    STAT_TENSORS,
     AnalysisConfig,
     StepSchedule,
     analyze_weights,
@@ -29,7 +28,7 @@ from ppar_core.analysis import (
 from ppar_core.errors import PparError
 from ppar_core.labels import CLASS_NAMES
 from ppar_core.losses import LossConfig, ppar_loss
-from ppar_core.reliability import hist_edges
+from ppar_core.reliability import WEIGHT_STAT_BUFFERS, hist_edges
 
 PIXELS_PER_CROP = 64 * 128  # the fixture's crops are whole 64x128 synthetic images, which have no ignored pixel
 
@@ -55,7 +54,7 @@ def test_checkpoint_statistics_round_trip(tiny_run) -> None:
     report = load_weight_stats(tiny_run.checkpoint)
     # An independent reader of the same file: safetensors itself, no ppar code.
     with safetensors.safe_open(str(tiny_run.checkpoint), framework="np") as handle:
-        hist, sums, counts, low, high = (handle.get_tensor(name) for name in STAT_TENSORS)
+        hist, sums, counts, low, high = (handle.get_tensor(name) for name in WEIGHT_STAT_BUFFERS)
     assert report.source == "checkpoint" and report.weights_applied and report.mode == "otp"
     assert report.images == [] and report.w_max == 3.0
     for k, name in enumerate(CLASS_NAMES):
@@ -221,7 +220,7 @@ def test_checkpoint_without_statistics_is_a_clear_error(tiny_run, tmp_path: Path
     from ppar_core.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(tiny_run.checkpoint)
-    tensors = {k: v for k, v in ck.tensors.items() if k not in STAT_TENSORS}
+    tensors = {k: v for k, v in ck.tensors.items() if k not in WEIGHT_STAT_BUFFERS}
     path = tmp_path / "old.safetensors"
     save_checkpoint(path, tensors=tensors, config=ck.config, step=ck.step)
     with pytest.raises(PparError, match=r"old\.safetensors has no reliability statistics"):

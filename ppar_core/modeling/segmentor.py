@@ -15,14 +15,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppar_core.clip.encoder import DenseClipEncoder
 from ppar_core.modeling.decode_head import HeadConfig, PixelEmbeddingHead, PrototypeClassifier
 from ppar_core.modeling.vtp import VisualTextPrototypes, VTPConfig
-from ppar_core.reliability import NUM_BINS
+from ppar_core.reliability import WEIGHT_STAT_BUFFERS, empty_weight_stats
 
 if TYPE_CHECKING:
     from ppar_core.config import ModelConfig
@@ -67,11 +66,8 @@ class PPARSegmentor(nn.Module):
         self.register_buffer("otp", F.normalize(otp.float(), dim=-1).clone())
         # Reliability statistics (float64 so that millions of pixels add up exactly): per-class histogram of the
         # applied weights, their sum, the pixel count, and exact counts below 0.5 and above 2.
-        self.register_buffer("weight_hist", torch.zeros(num_classes, NUM_BINS, dtype=torch.float64))
-        self.register_buffer("weight_sum", torch.zeros(num_classes, dtype=torch.float64))
-        self.register_buffer("weight_count", torch.zeros(num_classes, dtype=torch.float64))
-        self.register_buffer("weight_low", torch.zeros(num_classes, dtype=torch.float64))
-        self.register_buffer("weight_high", torch.zeros(num_classes, dtype=torch.float64))
+        for name, zeros in zip(WEIGHT_STAT_BUFFERS, empty_weight_stats(num_classes).values(), strict=True):
+            self.register_buffer(name, zeros)
 
     @property
     def num_classes(self) -> int:
@@ -90,8 +86,9 @@ class PPARSegmentor(nn.Module):
         logits = self(images).logits
         return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-    def weight_stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return self.weight_hist, self.weight_sum, self.weight_count, self.weight_low, self.weight_high
+    def weight_stats(self) -> tuple[Tensor, ...]:
+        """The statistics buffers (hist, sums, counts, low, high), as `update_weight_stats` takes them."""
+        return tuple(getattr(self, name) for name in WEIGHT_STAT_BUFFERS)
 
 
 def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
