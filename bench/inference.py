@@ -1,73 +1,75 @@
 """Inference benchmark: ppar's sliding-window segmentor vs the bare open_clip ViT-B/16 image tower, on the CPU.
 
-    .venv/bin/python bench/inference.py                 # 1024x2048, windows 512/341, 3 repeats (several minutes)
-    .venv/bin/python bench/inference.py --repeats 1 --folder-images 1 --height 512 --width 1024   # quick look
+    python bench/inference.py                  # 1024x2048, windows 512/341 batched 4, 3 repeats (about 8 minutes)
+    python bench/inference.py --repeats 1 --folder-images 1 --height 512 --width 1024   # a quick look
 
-What is measured (random weights of ViT-B/16 shape: no download):
-- time: median over --repeats of one 1024x2048 image through `infer_logits` (sliding window 512/341, windows batched
-  --batch-size at a time, logits upsampled and accumulated at full resolution), against the bare open_clip image
-  tower (`create_model("ViT-B-16", force_image_size=512).visual`) run over the very same batches of windows. Both
-  run in this process, alternately, after one warm-up each, so machine drift hits both alike.
-- memory: peak resident memory (RSS) of each path, each in a FRESH child process, minus that child's RSS after its
-  imports and before its model is built. Why children: glibc keeps freed memory mapped for reuse, so in one process
-  the second path would ride on the first's pages and look cheaper; why the baseline: torch and open_clip's code is
-  identical for both and is not what is being compared. RSS is sampled every 2 ms from /proc/self/statm by a thread.
-  The figure thus counts weights + activations + ppar's full-resolution score buffers.
-- `Predictor.predict` throughput (images/s, image decode included) on a folder of --folder-images 1024x2048 PNGs,
+What is measured (random weights of ViT-B/16 shape: nothing is downloaded):
+
+- time: one 1024x2048 image through `infer_logits` with `PPARSegmentor.infer` (sliding window 512/341, windows
+  batched --batch-size at a time, each window's scores upsampled and accumulated at full resolution), against the
+  bare open_clip image tower (`create_model("ViT-B-16", force_image_size=512).visual`) run over the very same
+  batches of windows. Both run in this process after one warm-up each, alternating in ABBA order (tower, ppar,
+  ppar, tower, ...) so that drift of a shared machine hits both alike; the figures are the medians of --repeats.
+- one transformer block on the tokens of one batch of windows, open_clip's own forward against ppar's
+  `fused_block_forward` (same weights): where the encoder's time goes (see docs/PERFORMANCE.md).
+- memory: each path runs again in a FRESH child process (bench/common.py says why), which reports its peak RSS
+  (VmHWM, reset once the model is built, so the build's transient full CLIP is left out) minus its RSS after the
+  imports and before the model is built: weights + activations + ppar's full-resolution score buffers.
+- `Predictor.predict` throughput (images/s, decoding included) on a folder of --folder-images PNGs of the same size,
   and that child's peak memory (same method).
 
 The last line reads exactly `inference ratio time=<float> memory=<float>` (ppar / bare tower; targets 1.15 and 1.5).
+Results also go to --json PATH, or to $OUT/inference_cpu.json when $OUT is set.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import gc
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Why a path insert: the benchmarks are scripts (`python bench/x.py`), and the children are started by file path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    emit_child_result,
+    machine_info,
+    max_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+    run_json_child,
+    write_result,
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+MB = 2**20
+PATHS = ("tower", "ppar")
 
 
-class PeakRss:
-    """Samples this process's resident memory every `interval` seconds; `.peak` is the highest value seen (bytes)."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.peak = self.current()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def current(self) -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * self.page
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.current())
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument("--stride", type=int, default=341)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--folder-images", type=int, default=2, help="0 skips the Predictor throughput part")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory children")
+    parser.add_argument("--json", dest="json_path", help="write the results here (default: $OUT/inference_cpu.json)")
+    parser.add_argument("--child", choices=[*PATHS, "predict"], help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
 
 
-def build_ppar(crop: int) -> Any:
+def build_ppar() -> Any:
     import torch
 
     from ppar_core.config import ModelConfig
@@ -80,8 +82,6 @@ def build_ppar(crop: int) -> Any:
 
 
 def build_tower(crop: int) -> Any:
-    import gc
-
     import open_clip
     import torch
 
@@ -102,7 +102,7 @@ def inference_config(args: argparse.Namespace) -> Any:
 def run_ppar(model: Any, image: Any, args: argparse.Namespace) -> None:
     from ppar_core.engine.inference import infer_logits
 
-    infer_logits(model.predict_logits, image, inference_config(args), num_classes=19)
+    infer_logits(model.infer, image, inference_config(args), num_classes=19)
 
 
 def run_tower(visual: Any, image: Any, args: argparse.Namespace) -> None:
@@ -116,8 +116,7 @@ def run_tower(visual: Any, image: Any, args: argparse.Namespace) -> None:
     with torch.inference_mode():
         for first in range(0, len(boxes), args.batch_size):
             chunk = boxes[first : first + args.batch_size]
-            batch = torch.cat([image[..., y : y + args.crop, x : x + args.crop] for y, x in chunk])
-            visual(batch)
+            visual(torch.cat([image[..., y : y + args.crop, x : x + args.crop] for y, x in chunk]))
 
 
 def make_image(args: argparse.Namespace) -> Any:
@@ -126,99 +125,112 @@ def make_image(args: argparse.Namespace) -> Any:
     return torch.randn(1, 3, args.height, args.width, generator=torch.Generator().manual_seed(0))
 
 
-def child(args: argparse.Namespace) -> None:
-    """One memory measurement in this fresh process; prints one JSON line."""
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_paths(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds per image of each path, --repeats times, in ABBA order after one warm-up batch each."""
+    import torch
+
+    nets = {"ppar": build_ppar()[0], "tower": build_tower(args.crop)}
+    runs = {"ppar": run_ppar, "tower": run_tower}
+    image = make_image(args)
+    window = image[..., : args.crop, : args.crop].expand(args.batch_size, -1, -1, -1)
+    with torch.inference_mode():  # warm-up: one batch of windows each (allocator, kernels, position cache)
+        nets["ppar"].infer(window)
+        nets["tower"](window)
+    times: dict[str, list[float]] = {name: [] for name in PATHS}
+    for repeat in range(args.repeats):
+        for name in PATHS if repeat % 2 == 0 else PATHS[::-1]:
+            times[name].append(_timed(lambda: runs[name](nets[name], image, args)))  # noqa: B023 (called at once)
+        print(f"repeat {repeat + 1}: ppar {times['ppar'][-1]:.2f} s, tower {times['tower'][-1]:.2f} s", flush=True)
+    return times
+
+
+def time_block(args: argparse.Namespace, repeats: int = 3) -> dict[str, list[float]]:
+    """One ViT-B/16 block on one batch of windows' tokens: open_clip's forward vs `fused_block_forward`."""
+    import torch
+
+    from ppar_core.clip.encoder import fused_block_forward
+
+    block = build_tower(args.crop).transformer.resblocks[0]
+    tokens = torch.randn(args.batch_size, 1 + (args.crop // 16) ** 2, block.attn.embed_dim)
+    ways = {"open_clip": block, "fused": lambda x: fused_block_forward(block, x)}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    with torch.inference_mode():
+        for fn in ways.values():
+            fn(tokens)
+        for repeat in range(repeats):
+            for name in list(ways) if repeat % 2 == 0 else list(ways)[::-1]:
+                times[name].append(_timed(lambda: ways[name](tokens)))  # noqa: B023 (called at once)
+    return times
+
+
+def _memory_child(args: argparse.Namespace) -> None:
+    """Child mode: peak RSS of one path above the RSS after the imports (weights + inference), and its parts."""
     import open_clip  # noqa: F401
     import torch  # noqa: F401  (imported before the baseline on purpose)
 
     from ppar_core.engine.inference import infer_logits  # noqa: F401
 
-    meter = PeakRss()
-    baseline = meter.current()
-    result: dict[str, Any] = {"baseline_mb": baseline / 2**20}
+    baseline = rss_bytes()
+    result: dict[str, Any] = {}
     if args.child == "predict":
         from ppar_core.imageio import read_user_image
         from ppar_core.predict import Predictor
 
         predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu")
         files = sorted(Path(args.folder).glob("*.png"))
-        built = meter.current()
-        with meter:
-            start = time.perf_counter()
-            for path in files:
-                predictor.predict(read_user_image(path))
-            elapsed = time.perf_counter() - start
-        result.update(images=len(files), seconds=elapsed, images_per_s=len(files) / elapsed)
+        built = rss_bytes()
+        reset_peak_rss()
+        seconds = _timed(lambda: [predictor.predict(read_user_image(path)) for path in files])
+        result.update(images=len(files), seconds=seconds, images_per_s=len(files) / seconds)
     else:
-        model = build_ppar(args.crop)[0] if args.child == "ppar" else build_tower(args.crop)
+        model = build_ppar()[0] if args.child == "ppar" else build_tower(args.crop)
         image = make_image(args)
-        built = meter.current()
-        with meter:
-            (run_ppar if args.child == "ppar" else run_tower)(model, image, args)
-    result.update(after_build_mb=built / 2**20, peak_mb=meter.peak / 2**20)
-    result["increase_mb"] = result["peak_mb"] - result["baseline_mb"]
-    result["inference_increase_mb"] = result["peak_mb"] - result["after_build_mb"]
-    print(json.dumps(result))
+        gc.collect()
+        built = rss_bytes()
+        reset_peak_rss()  # the build's transient full CLIP (text tower included) is not inference
+        (run_ppar if args.child == "ppar" else run_tower)(model, image, args)
+    peak = max_rss_bytes()
+    result.update(weights_bytes=built - baseline, peak_bytes=peak - baseline, inference_bytes=peak - built)
+    emit_child_result(result)
 
 
-def spawn(args: argparse.Namespace, kind: str, **extra: str) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
-        kind,
-        "--height",
-        str(args.height),
-        "--width",
-        str(args.width),
-        "--crop",
-        str(args.crop),
-        "--stride",
-        str(args.stride),
-        "--batch-size",
-        str(args.batch_size),
-    ]
-    for key, value in extra.items():
-        cmd += [f"--{key}", value]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def _child_args(args: argparse.Namespace) -> list[str]:
+    out = [str(Path(__file__).resolve()), "--height", str(args.height), "--width", str(args.width)]
+    return out + ["--crop", str(args.crop), "--stride", str(args.stride), "--batch-size", str(args.batch_size)]
 
 
-def write_predictor_folder(args: argparse.Namespace, folder: Path) -> Path:
-    """A random-weight ViT-B/16 checkpoint (slide 512/341) and --folder-images noise PNGs of the benchmark size."""
+def measure_predictor(args: argparse.Namespace) -> dict[str, Any]:
+    """A random-weight ViT-B/16 checkpoint (slide 512/341), --folder-images noise PNGs, `Predictor.predict` on them."""
     import numpy as np
 
     from ppar_core.checkpoint import save_checkpoint
     from ppar_core.config import TrainConfig, to_dict
     from ppar_core.imageio import write_png
 
-    model, cfg = build_ppar(args.crop)
-    train_cfg = TrainConfig(model=cfg, eval=inference_config(args))
-    path = folder / "vitb16-random.safetensors"
-    save_checkpoint(path, tensors=model.state_dict(), config=to_dict(train_cfg), step=0)
-    rng = np.random.default_rng(0)
-    images = folder / "images"
-    for i in range(args.folder_images):
-        write_png(images / f"{i:03d}.png", rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8))
-    return path
+    with tempfile.TemporaryDirectory() as tmp:
+        model, cfg = build_ppar()
+        checkpoint = Path(tmp) / "vitb16-random.safetensors"
+        save_checkpoint(checkpoint, tensors=model.state_dict(), config=to_dict(TrainConfig(model=cfg)), step=0)
+        del model
+        rng = np.random.default_rng(0)
+        images = Path(tmp) / "images"
+        for i in range(args.folder_images):
+            write_png(images / f"{i:03d}.png", rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8))
+        extra = ["--child", "predict", "--checkpoint", str(checkpoint), "--folder", str(images)]
+        return run_json_child([*_child_args(args), *extra])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--width", type=int, default=2048)
-    parser.add_argument("--crop", type=int, default=512)
-    parser.add_argument("--stride", type=int, default=341)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--folder-images", type=int, default=2, help="0 skips the Predictor throughput part")
-    parser.add_argument("--child", choices=["ppar", "tower", "predict"], help=argparse.SUPPRESS)
-    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
-    parser.add_argument("--folder", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     if args.child:
-        child(args)
-        return
+        _memory_child(args)
+        return 0
 
     import torch
 
@@ -229,47 +241,48 @@ def main() -> None:
     )
     print(
         f"image {args.height}x{args.width}, {windows} windows {args.crop}/{args.stride}, batch {args.batch_size}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        flush=True,
     )
-    model, _ = build_ppar(args.crop)
-    visual = build_tower(args.crop)
-    image = make_image(args)
-    with torch.inference_mode():  # warm-up: one batch of windows each (allocator, kernels)
-        model.predict_logits(image[..., : args.crop, : args.crop].expand(args.batch_size, -1, -1, -1))
-        visual(image[..., : args.crop, : args.crop].expand(args.batch_size, -1, -1, -1))
-    times: dict[str, list[float]] = {"ppar": [], "tower": []}
-    for repeat in range(args.repeats):
-        for name, fn, net in (("ppar", run_ppar, model), ("tower", run_tower, visual)):
-            start = time.perf_counter()
-            fn(net, image, args)
-            times[name].append(time.perf_counter() - start)
-        print(f"repeat {repeat + 1}: ppar {times['ppar'][-1]:.2f} s, tower {times['tower'][-1]:.2f} s", flush=True)
-    del model, visual
-    t_ppar, t_tower = statistics.median(times["ppar"]), statistics.median(times["tower"])
-    print(f"time (median of {args.repeats}): ppar {t_ppar:.2f} s, bare tower {t_tower:.2f} s", flush=True)
+    results: dict[str, Any] = {"machine": machine_info("cpu"), "config": vars(args).copy()}
+    times = time_paths(args)
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    results["time"] = {name: {"times_s": times[name], "median_s": medians[name]} for name in PATHS}
+    print(f"time (median of {args.repeats}): ppar {medians['ppar']:.2f} s, bare tower {medians['tower']:.2f} s")
 
-    mem = {kind: spawn(args, kind) for kind in ("ppar", "tower")}
-    for kind, m in mem.items():
-        print(
-            f"memory {kind}: peak {m['peak_mb']:.0f} MB, +{m['increase_mb']:.0f} MB over imports "
-            f"(+{m['inference_increase_mb']:.0f} MB during inference)",
-            flush=True,
-        )
+    block = time_block(args)
+    block_s = {name: statistics.median(ts) for name, ts in block.items()}
+    results["block"] = {name: {"times_s": block[name], "median_s": block_s[name]} for name in block}
+    print(
+        f"one ViT block on {args.batch_size} windows' tokens (median of 3): open_clip {block_s['open_clip']:.3f} s, "
+        f"ppar fused attention {block_s['fused']:.3f} s",
+        flush=True,
+    )
 
+    memory_ratio = float("nan")
+    if not args.no_memory:
+        mem = {name: run_json_child([*_child_args(args), "--child", name]) for name in PATHS}
+        results["memory"] = mem
+        for name, m in mem.items():
+            print(
+                f"memory {name}: +{m['peak_bytes'] / MB:.0f} MB over imports "
+                f"(weights {m['weights_bytes'] / MB:.0f} MB, inference +{m['inference_bytes'] / MB:.0f} MB)",
+                flush=True,
+            )
+        memory_ratio = mem["ppar"]["peak_bytes"] / mem["tower"]["peak_bytes"]
     if args.folder_images > 0:
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = write_predictor_folder(args, Path(tmp))
-            pred = spawn(args, "predict", checkpoint=str(checkpoint), folder=str(Path(tmp) / "images"))
+        pred = results["predict"] = measure_predictor(args)
         print(
             f"Predictor.predict: {pred['images']} images of {args.height}x{args.width} in {pred['seconds']:.1f} s = "
-            f"{pred['images_per_s']:.3f} images/s, peak {pred['peak_mb']:.0f} MB "
-            f"(+{pred['increase_mb']:.0f} MB over imports)",
+            f"{pred['images_per_s']:.3f} images/s, +{pred['peak_bytes'] / MB:.0f} MB over imports",
             flush=True,
         )
-    ratio_t = t_ppar / t_tower
-    ratio_m = mem["ppar"]["increase_mb"] / mem["tower"]["increase_mb"]
-    print(f"inference ratio time={ratio_t:.3f} memory={ratio_m:.3f}")
+    time_ratio = medians["ppar"] / medians["tower"]
+    results.update(time_ratio=time_ratio, memory_ratio=memory_ratio)
+    write_result("inference_cpu", results, path=args.json_path)
+    print(f"inference ratio time={time_ratio:.3f} memory={memory_ratio:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

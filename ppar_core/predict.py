@@ -27,7 +27,7 @@ from ppar_core.engine.inference import InferenceConfig, infer_logits
 from ppar_core.errors import PparError
 from ppar_core.labels import NUM_CLASSES
 from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor
-from ppar_core.runtime import autocast, resolve_device
+from ppar_core.runtime import resolve_device
 
 
 def load_segmentor(
@@ -79,14 +79,14 @@ class Predictor:
         return torch.from_numpy(to_clip_tensor_layout(image))[None].to(self.device)
 
     def predict_torch(self, images: Tensor) -> Tensor:
-        """images (B,3,H,W) normalised, H and W multiples of the patch size -> logits (B,K,H,W)."""
-        with torch.inference_mode(), autocast(self.device):
-            return self.model.predict_logits(images).float()
+        """images (B,3,H,W) normalised, H and W multiples of the patch size -> logits (B,K,H,W) float32."""
+        with torch.inference_mode():
+            return self.model.predict_logits(images)
 
     def predict_logits(self, image: np.ndarray) -> Tensor:
         """(H,W,3) uint8 RGB -> class scores (K,H,W) float32 on the CPU, with the configured inference/TTA."""
         scores = infer_logits(
-            self.predict_torch,
+            self.model.infer,
             self.to_tensor(image),
             self.inference,
             num_classes=self.num_classes,

@@ -86,12 +86,11 @@ def evaluate_checkpoint(
     long_side, tta, batch_size). `split` / `mapillary_map` default to the checkpoint's data config. Every target's
     dataset is built (and its layout checked) before the first image is evaluated. `progress(target, done, total)`.
     """
-    import torch
 
     from ppar_core.data.registry import parse_spec
     from ppar_core.engine.evaluate import evaluate_dataset
     from ppar_core.predict import load_segmentor
-    from ppar_core.runtime import autocast, resolve_device
+    from ppar_core.runtime import resolve_device
 
     dev = resolve_device(device)
     model, cfg, checkpoint = load_segmentor(path, device=dev)
@@ -108,10 +107,6 @@ def evaluate_checkpoint(
     scale_given = "scale" in changes or "long_side" in changes
     protocols = {name: target_inference(name, base, scale_given=scale_given) for name in datasets}
 
-    def model_fn(images: torch.Tensor) -> torch.Tensor:
-        with autocast(dev):
-            return model.predict_logits(images).float()
-
     results: dict[str, TargetResult] = {}
     for name, ds in datasets.items():
         parts = ds if isinstance(ds, dict) else {name: ds}
@@ -119,7 +114,7 @@ def evaluate_checkpoint(
         for label, dataset in parts.items():
             shown = label if label == name else f"{name}-{label}"
             scored[label] = evaluate_dataset(
-                model_fn, dataset, protocols[name], num_classes=model.num_classes, device=dev, max_images=max_images,
+                model.infer, dataset, protocols[name], num_classes=model.num_classes, device=dev, max_images=max_images,
                 progress=None if progress is None else _named(progress, shown),
             )  # fmt: skip
         results[name] = scored if isinstance(ds, dict) else scored[name]

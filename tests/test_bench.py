@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,3 +25,18 @@ def test_train_step_benchmark_runs_and_prints_its_ratio_line() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"train_step ratio time=\d+\.\d+ memory=(\d+\.\d+|nan)", last), last
+
+
+@pytest.mark.slow
+def test_inference_benchmark_runs_and_prints_its_ratio_line(tmp_path: Path) -> None:
+    args = [
+        sys.executable, str(ROOT / "bench" / "inference.py"), "--height", "96", "--width", "160", "--crop", "64",
+        "--stride", "48", "--repeats", "1", "--folder-images", "1", "--json", str(tmp_path / "inference.json"),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"inference ratio time=\d+\.\d+ memory=\d+\.\d+", last), last
+    results = json.loads((tmp_path / "inference.json").read_text())
+    assert results["predict"]["images"] == 1 and results["memory"]["ppar"]["peak_bytes"] > 0

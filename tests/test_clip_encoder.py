@@ -19,6 +19,7 @@ from ppar_core.clip import (
     resize_pos_embed_grid,
     resolve_quick_gelu,
 )
+from ppar_core.clip.encoder import fused_block_forward, runs_fused
 from ppar_core.clip.weights import count_parameters, load_state_dict_file
 from ppar_core.errors import PparError
 
@@ -96,6 +97,35 @@ def test_vit_dense_and_features_match_open_clip_tokens(tiny: torch.nn.Module) ->
     assert len(out.features) == 4
     for ours, theirs in zip(out.features, inter["image_intermediates"], strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ls_init_value", [None, 0.5])
+def test_fused_attention_block_equals_open_clips_block(ls_init_value: float | None) -> None:
+    from open_clip.transformer import CustomResidualAttentionBlock, ResidualAttentionBlock
+
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(64, 4, ls_init_value=ls_init_value).eval()
+    assert runs_fused(block)
+    x = torch.randn(3, 50, 64)
+    with torch.inference_mode():  # open_clip's side takes nn.MultiheadAttention's fast path here
+        torch.testing.assert_close(fused_block_forward(block, x), block(x), atol=1e-5, rtol=0)
+    # With gradients: same output, same gradients for the input and every weight.
+    grads = []
+    for forward in (fused_block_forward, lambda b, t: b(t)):
+        block.zero_grad()
+        inp = x.clone().requires_grad_(True)
+        out = forward(block, inp)
+        out.pow(2).sum().backward()
+        grads.append([out.detach(), inp.grad] + [p.grad.clone() for p in block.parameters()])
+    for ours, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    # Blocks it cannot compute exactly fall back to their own forward.
+    assert not runs_fused(CustomResidualAttentionBlock(64, 4))
+    assert not runs_fused(ResidualAttentionBlock(64, 4, is_cross_attention=True))
+
+
+def test_vit_encoder_uses_the_fused_blocks(tiny: torch.nn.Module) -> None:
+    assert _encoder(tiny, "tiny")._run_block is fused_block_forward
 
 
 def test_position_embedding_identity_at_native_size_and_constant_preserved(tiny: torch.nn.Module) -> None:

@@ -255,6 +255,44 @@ def test_large_image_accumulates_on_cpu_with_batches_of_windows() -> None:
     assert not out.requires_grad
 
 
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_low_resolution_scores_are_upsampled_per_window_as_the_model_would(mode: str) -> None:
+    # A segmentor returns scores at stride 4; infer_logits upsamples each window (padded size, then cropped) as it
+    # accumulates. That must equal a model that upsamples its own output to the padded input size.
+    conv = conv_model(seed=3)
+
+    def strided(batch: Tensor) -> Tensor:
+        return F.avg_pool2d(conv(batch), 4)
+
+    def upsampled(batch: Tensor) -> Tensor:
+        return F.interpolate(strided(batch), size=batch.shape[-2:], mode="bilinear", align_corners=False)
+
+    image = random_image(70, 90, seed=3)  # not multiples of 32: windows and the whole image are padded
+    cfg = InferenceConfig(mode=mode, crop_size=48, stride=30, batch_size=3)
+    low = infer_logits(strided, image, cfg, num_classes=K)
+    full = infer_logits(upsampled, image, cfg, num_classes=K)
+    assert low.shape == (1, K, 70, 90)
+    torch.testing.assert_close(low, full, atol=1e-6, rtol=0)
+
+
+def test_flushing_window_scores_early_or_late_gives_the_same_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Scores are held until PENDING_BYTES and then added to the full-resolution sum; when that happens (after every
+    # batch, or once at the end) must not change the result.
+    import ppar_core.engine.inference as inference
+
+    conv = conv_model(seed=4)
+
+    def strided(batch: Tensor) -> Tensor:
+        return F.avg_pool2d(conv(batch), 4)
+
+    image = random_image(100, 130, seed=4)
+    cfg = InferenceConfig(crop_size=64, stride=40, batch_size=2)
+    late = infer_logits(strided, image, cfg, num_classes=K)
+    monkeypatch.setattr(inference, "PENDING_BYTES", 1)
+    early = infer_logits(strided, image, cfg, num_classes=K)
+    torch.testing.assert_close(early, late, atol=0, rtol=0)
+
+
 def test_model_returning_the_wrong_number_of_classes_is_a_clear_error() -> None:
     with pytest.raises(PparError, match="number of classes"):
         infer_logits(pointwise_model(), random_image(8, 8), InferenceConfig(mode="whole"), num_classes=K + 1)

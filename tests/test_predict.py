@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ppar_core.errors import PparError
 from ppar_core.imageio import write_png
@@ -45,6 +46,19 @@ def test_slide_equals_whole_when_the_crop_covers_the_image(whole: Predictor, ima
     assert a.shape == (19, 64, 128)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(whole.predict(image), slide.predict(image))
+
+
+def test_inference_scores_equal_the_training_forward(whole: Predictor) -> None:
+    # `infer` runs the head one image at a time; the batched forward must give the same stride-4 logits.
+    model = whole.model
+    images = torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        scores = model.infer(images)
+        reference = model(images).logits
+        upsampled = whole.predict_torch(images)
+    assert scores.shape == (3, 19, 16, 24) and scores.dtype == torch.float32
+    torch.testing.assert_close(scores, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(upsampled, F.interpolate(scores, size=(64, 96), mode="bilinear"), atol=0, rtol=0)
 
 
 def test_flip_tta_is_the_mean_of_both_views_probabilities(whole: Predictor, image: np.ndarray) -> None:

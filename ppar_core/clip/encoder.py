@@ -45,6 +45,48 @@ def resize_pos_embed_grid(pos: Tensor, old_grid: tuple[int, int], new_grid: tupl
     return torch.cat([cls_token, grid], dim=0)
 
 
+def runs_fused(block: nn.Module) -> bool:
+    """Whether `fused_block_forward` computes this block exactly: open_clip's plain `ResidualAttentionBlock`
+    (pre-norm, batch-first `nn.MultiheadAttention` with packed q/k/v weights, no extra key/value bias)."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    return (
+        type(block) is ResidualAttentionBlock
+        and isinstance(attn, nn.MultiheadAttention)
+        and attn.batch_first
+        and attn._qkv_same_embed_dim
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and not hasattr(block, "ln_1_kv")
+    )
+
+
+def fused_block_forward(block: nn.Module, x: Tensor) -> Tensor:
+    """open_clip's `ResidualAttentionBlock.forward(x)` (self-attention, no mask) with the attention computed by
+    `F.scaled_dot_product_attention`. x (B, N, C) -> (B, N, C); same weights, same result up to float rounding.
+
+    Why: under `torch.inference_mode()` / `no_grad`, `nn.MultiheadAttention` takes its "fast path"
+    (`torch._native_multi_head_attention`), which on the CPU materialises the (B, heads, N, N) attention matrix:
+    192 MB per block for 4 windows of 512x512 (1025 tokens each), and a quarter of the block's time. SDPA picks a
+    fused (flash) kernel on CPU and GPU, which never holds that matrix. With gradients, `nn.MultiheadAttention` calls
+    SDPA itself, so training computes what it computed before.
+    """
+    attn = block.attn
+    batch, tokens, width = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # each (B, heads, N, C/h)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
+    out = attn.out_proj(out.transpose(1, 2).reshape(batch, tokens, width))
+    x = x + block.ls_1(out)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _plain_block_forward(block: nn.Module, x: Tensor) -> Tensor:
+    return block(x)
+
+
 class DenseClipEncoder(nn.Module):
     """An open_clip image tower that returns dense features for any input size that is a multiple of its stride.
 
@@ -69,6 +111,8 @@ class DenseClipEncoder(nn.Module):
             self._native_grid = tuple(int(g) for g in visual.grid_size)
             self.stride = int(visual.patch_size[0])
             num_stages = len(visual.transformer.resblocks)
+            fused = all(runs_fused(block) for block in visual.transformer.resblocks)
+            self._run_block = fused_block_forward if fused else _plain_block_forward
         elif preset.kind == "resnet":
             if not isinstance(visual, ModifiedResNet):
                 raise TypeError(f"preset {preset.name} is a ResNet but the tower is a {type(visual).__name__}")
@@ -141,7 +185,10 @@ class DenseClipEncoder(nn.Module):
         features: list[Tensor] = []
         use_checkpoint = v.transformer.grad_checkpointing and torch.is_grad_enabled()
         for index, block in enumerate(v.transformer.resblocks):
-            x = checkpoint(block, x, use_reentrant=False) if use_checkpoint else block(x)
+            if use_checkpoint:
+                x = checkpoint(self._run_block, block, x, use_reentrant=False)
+            else:
+                x = self._run_block(block, x)
             if index in self.out_indices:
                 features.append(x[:, 1:].transpose(1, 2).reshape(batch, -1, grid_h, grid_w))
 

@@ -154,16 +154,12 @@ def _evaluate(
     dist: DistContext,
     on_eval_progress: Callable[[str, int, int], None] | None,
 ) -> dict[str, SegMetrics]:
-    def model_fn(images: Tensor) -> Tensor:
-        with autocast(dist.device):
-            return model.predict_logits(images).float()
-
     protocols = _target_protocols(cfg, targets)
     model.eval()
     results: dict[str, SegMetrics] = {}
     for name, dataset in targets.items():
         results |= evaluate_targets(
-            model_fn,
+            model.infer,
             {name: dataset},
             protocols[name],
             num_classes=model.num_classes,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -22,6 +23,7 @@ from ppar_core.clip.encoder import DenseClipEncoder
 from ppar_core.modeling.decode_head import HeadConfig, PixelEmbeddingHead, PrototypeClassifier
 from ppar_core.modeling.vtp import VisualTextPrototypes, VTPConfig
 from ppar_core.reliability import WEIGHT_STAT_BUFFERS, empty_weight_stats
+from ppar_core.runtime import autocast
 
 if TYPE_CHECKING:
     from ppar_core.config import ModelConfig
@@ -81,10 +83,27 @@ class PPARSegmentor(nn.Module):
         logits = self.classifier(embeddings, vtp)
         return SegmentorOutput(logits=logits, dense=enc.dense, vtp=vtp, global_embedding=enc.global_embedding)
 
+    def infer(self, images: Tensor) -> Tensor:
+        """Inference scores: images (B,3,H,W) -> logits (B,K,H/4,W/4) float32 at the head's stride, not upsampled.
+
+        The `model_fn` of `infer_logits` (which upsamples each window to its size as it accumulates). Call it in eval
+        mode; it runs under bf16 autocast on CUDA. The encoder sees the whole batch; the head and the classifier run
+        one image at a time, so that their stride-4 maps (FPN levels, E with D channels: several hundred MB for 4
+        windows of 512x512) exist for one window only. The head has no batch coupling (GroupNorm, eval-mode
+        dropout), so the scores are those of `self(images).logits`.
+        """
+        with autocast(images.device):
+            enc = self.encoder(images)
+            vtp = self.vtp(self.otp, enc.dense, enc.global_embedding)
+            logits = [
+                self.classifier(self.head([f[i : i + 1] for f in enc.features]), vtp[i : i + 1])
+                for i in range(images.shape[0])
+            ]
+        return torch.cat(logits).float()
+
     def predict_logits(self, images: Tensor) -> Tensor:
-        """images (B,3,H,W) -> logits (B,K,H,W) at the input size (bilinear), for inference."""
-        logits = self(images).logits
-        return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        """images (B,3,H,W) -> logits (B,K,H,W) float32 at the input size (bilinear), for inference."""
+        return F.interpolate(self.infer(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def weight_stats(self) -> tuple[Tensor, ...]:
         """The statistics buffers (hist, sums, counts, low, high), as `update_weight_stats` takes them."""
