@@ -8,8 +8,9 @@ What is measured (random weights of ViT-B/16 shape: nothing is downloaded):
 - time: one 1024x2048 image through `infer_logits` with `PPARSegmentor.infer` (sliding window 512/341, windows
   batched --batch-size at a time, each window's scores upsampled and accumulated at full resolution), against the
   bare open_clip image tower (`create_model("ViT-B-16", force_image_size=512).visual`) run over the very same
-  batches of windows. Both run in this process after one warm-up each, alternating in ABBA order (tower, ppar,
-  ppar, tower, ...) so that drift of a shared machine hits both alike; the figures are the medians of --repeats.
+  batches of windows, and ppar's encoder alone over them (to split ppar's time between its tower and the rest).
+  All run in this process after a warm-up, alternating in ABBA order (tower, encoder, ppar, ppar, encoder, tower,
+  ...) so that drift of a shared machine hits all alike; the figures are the medians of --repeats.
 - one transformer block on the tokens of one batch of windows, open_clip's own forward against ppar's
   `fused_block_forward` (same weights): where the encoder's time goes (see docs/PERFORMANCE.md).
 - memory: each path runs again in a FRESH child process (bench/common.py says why), which reports its peak RSS
@@ -106,7 +107,9 @@ def run_ppar(model: Any, image: Any, args: argparse.Namespace) -> None:
 
 
 def run_tower(visual: Any, image: Any, args: argparse.Namespace) -> None:
-    """The same windows, in the same batches, through the bare image tower (no head, no accumulation)."""
+    """The same windows, in the same batches, through the bare image tower (no head, no accumulation).
+
+    `visual` may also be ppar's `DenseClipEncoder` (the "encoder" path: ppar's tower without its head)."""
     import torch
 
     from ppar_core.engine.inference import window_starts
@@ -132,21 +135,26 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def time_paths(args: argparse.Namespace) -> dict[str, list[float]]:
-    """Seconds per image of each path, --repeats times, in ABBA order after one warm-up batch each."""
+    """Seconds per image of each path, --repeats times, in ABBA order after one warm-up batch each.
+
+    Paths: "tower" (bare open_clip), "ppar" (the whole inference path) and, to split ppar's time, "encoder" (ppar's
+    `DenseClipEncoder` alone over the same windows: the tower as ppar runs it, without head or accumulation)."""
     import torch
 
-    nets = {"ppar": build_ppar()[0], "tower": build_tower(args.crop)}
-    runs = {"ppar": run_ppar, "tower": run_tower}
+    model = build_ppar()[0]
+    nets = {"tower": build_tower(args.crop), "encoder": model.encoder, "ppar": model}
+    runs = {"tower": run_tower, "encoder": run_tower, "ppar": run_ppar}
     image = make_image(args)
     window = image[..., : args.crop, : args.crop].expand(args.batch_size, -1, -1, -1)
     with torch.inference_mode():  # warm-up: one batch of windows each (allocator, kernels, position cache)
-        nets["ppar"].infer(window)
+        model.infer(window)
         nets["tower"](window)
-    times: dict[str, list[float]] = {name: [] for name in PATHS}
+    names = list(nets)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for repeat in range(args.repeats):
-        for name in PATHS if repeat % 2 == 0 else PATHS[::-1]:
+        for name in names if repeat % 2 == 0 else names[::-1]:
             times[name].append(_timed(lambda: runs[name](nets[name], image, args)))  # noqa: B023 (called at once)
-        print(f"repeat {repeat + 1}: ppar {times['ppar'][-1]:.2f} s, tower {times['tower'][-1]:.2f} s", flush=True)
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names), flush=True)
     return times
 
 
@@ -247,8 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": machine_info("cpu"), "config": vars(args).copy()}
     times = time_paths(args)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
-    results["time"] = {name: {"times_s": times[name], "median_s": medians[name]} for name in PATHS}
-    print(f"time (median of {args.repeats}): ppar {medians['ppar']:.2f} s, bare tower {medians['tower']:.2f} s")
+    results["time"] = {name: {"times_s": times[name], "median_s": medians[name]} for name in times}
+    print(
+        f"time (median of {args.repeats}): ppar {medians['ppar']:.2f} s, bare tower {medians['tower']:.2f} s, "
+        f"ppar's encoder alone {medians['encoder']:.2f} s (so head + VTP + accumulation: ppar / encoder = "
+        f"{medians['ppar'] / medians['encoder']:.3f})",
+        flush=True,
+    )
 
     block = time_block(args)
     block_s = {name: statistics.median(ts) for name, ts in block.items()}

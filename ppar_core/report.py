@@ -86,7 +86,6 @@ def evaluate_checkpoint(
     long_side, tta, batch_size). `split` / `mapillary_map` default to the checkpoint's data config. Every target's
     dataset is built (and its layout checked) before the first image is evaluated. `progress(target, done, total)`.
     """
-
     from ppar_core.data.registry import parse_spec
     from ppar_core.engine.evaluate import evaluate_dataset
     from ppar_core.predict import load_segmentor

@@ -9,6 +9,7 @@ so parameter names stay those of open_clip (`visual.transformer.resblocks.0...`)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ppar_core.clip.presets import ClipPreset
 from ppar_core.errors import PparError
+
+if TYPE_CHECKING:
+    from open_clip.transformer import ResidualAttentionBlock
 
 
 @dataclass
@@ -62,7 +66,7 @@ def runs_fused(block: nn.Module) -> bool:
     )
 
 
-def fused_block_forward(block: nn.Module, x: Tensor) -> Tensor:
+def fused_block_forward(block: ResidualAttentionBlock, x: Tensor) -> Tensor:
     """open_clip's `ResidualAttentionBlock.forward(x)` (self-attention, no mask) with the attention computed by
     `F.scaled_dot_product_attention`. x (B, N, C) -> (B, N, C); same weights, same result up to float rounding.
 
