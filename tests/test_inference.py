@@ -293,6 +293,37 @@ def test_flushing_window_scores_early_or_late_gives_the_same_sum(monkeypatch: py
     torch.testing.assert_close(early, late, atol=0, rtol=0)
 
 
+def test_low_resolution_scores_wait_for_the_model_full_resolution_ones_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The order of events shows when the full-resolution sum is fed: after all windows for stride-4 scores (so the
+    # model's peak and the sum do not coincide), after every batch for full-size scores.
+    import ppar_core.engine.inference as inference
+
+    events: list[str] = []
+    original = inference._window_scores
+
+    def recording(*args: object, **kwargs: object) -> Tensor:
+        events.append("add")
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inference, "_window_scores", recording)
+    conv = conv_model(seed=5)
+
+    def strided(batch: Tensor) -> Tensor:
+        events.append("model")
+        return F.avg_pool2d(conv(batch), 4)
+
+    def full(batch: Tensor) -> Tensor:
+        events.append("model")
+        return conv(batch)
+
+    cfg = InferenceConfig(crop_size=64, stride=40, batch_size=2)  # 100x130: 2x3 windows, 3 batches
+    infer_logits(strided, random_image(100, 130), cfg, num_classes=K)
+    assert events == ["model"] * 3 + ["add"] * 6
+    events.clear()
+    infer_logits(full, random_image(100, 130), cfg, num_classes=K)
+    assert events == ["model", "add", "add"] * 3
+
+
 def test_model_returning_the_wrong_number_of_classes_is_a_clear_error() -> None:
     with pytest.raises(PparError, match="number of classes"):
         infer_logits(pointwise_model(), random_image(8, 8), InferenceConfig(mode="whole"), num_classes=K + 1)

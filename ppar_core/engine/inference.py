@@ -120,8 +120,8 @@ def _padded_size(h: int, w: int, size_divisor: int) -> tuple[int, int]:
 PENDING_BYTES = 64 * 2**20
 """Raw window scores held before they are upsampled into the full-resolution sum. A segmentor's scores at stride 4
 take 1.2 MB per 512x512 window (19 classes), so every window of a 2048-pixel-wide image fits and the sum is only
-allocated once the model has seen all windows: the model's peak and the 160 MB sum never coincide. A model that
-returns full-resolution scores (20 MB per window) is flushed every few windows instead."""
+allocated once the model has seen all windows: the model's peak and the 160 MB sum never coincide. Scores that a
+model returns at full resolution (20 MB per window) are added after every batch instead."""
 
 
 def _slide(
@@ -156,7 +156,7 @@ def _slide(
         logits = _forward_padded(model_fn, batch, num_classes=num_classes, size_divisor=cfg.size_divisor)
         pending += [(y, x, logits[i : i + 1]) for i, (y, x) in enumerate(chunk)]
         pending_bytes += logits.numel() * logits.element_size()
-        if pending_bytes >= PENDING_BYTES:
+        if pending_bytes >= PENDING_BYTES or tuple(logits.shape[-2:]) == padded:  # full-size scores: no waiting
             flush()
     flush()
     assert total is not None and count is not None  # flush() allocated them
