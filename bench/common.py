@@ -36,6 +36,7 @@ from typing import Any
 __all__ = [
     "RssPeakSampler",
     "TimingResult",
+    "alternating_times",
     "cuda_peak_bytes",
     "emit_child_result",
     "machine_info",
@@ -176,6 +177,26 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1, d
         synchronize(device)
         result.times_s.append(time.perf_counter() - start)
     return result
+
+
+def alternating_times(
+    workloads: dict[str, Callable[[], object]],
+    *,
+    repeats: int,
+    device: Any = "cpu",
+    on_repeat: Callable[[int, dict[str, TimingResult]], None] | None = None,
+) -> dict[str, TimingResult]:
+    """Time each workload `repeats` times, alternating in ABBA order (A, B, B, A, ...; with three: A, B, C, C, B, A)
+    so that drift of a shared machine hits all alike. No warm-up here: warm up before. `on_repeat(i, results)` is
+    called after each round (progress lines)."""
+    results = {name: TimingResult() for name in workloads}
+    names = list(workloads)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            results[name].times_s += median_seconds(workloads[name], repeats=1, warmup=0, device=device).times_s
+        if on_repeat is not None:
+            on_repeat(repeat, results)
+    return results
 
 
 def run_json_child(argv: Sequence[str], *, timeout_s: float = 900.0, env: dict[str, str] | None = None) -> dict:

@@ -26,22 +26,23 @@ Results also go to --json PATH, or to $OUT/inference_cpu.json when $OUT is set.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 # Why a path insert: the benchmarks are scripts (`python bench/x.py`), and the children are started by file path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    TimingResult,
+    alternating_times,
     emit_child_result,
     machine_info,
     max_rss_bytes,
+    median_seconds,
     reset_peak_rss,
     rss_bytes,
     run_json_child,
@@ -128,13 +129,7 @@ def make_image(args: argparse.Namespace) -> Any:
     return torch.randn(1, 3, args.height, args.width, generator=torch.Generator().manual_seed(0))
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def time_paths(args: argparse.Namespace) -> dict[str, list[float]]:
+def time_paths(args: argparse.Namespace) -> dict[str, TimingResult]:
     """Seconds per image of each path, --repeats times, in ABBA order after one warm-up batch each.
 
     Paths: "tower" (bare open_clip), "ppar" (the whole inference path) and, to split ppar's time, "encoder" (ppar's
@@ -149,16 +144,15 @@ def time_paths(args: argparse.Namespace) -> dict[str, list[float]]:
     with torch.inference_mode():  # warm-up: one batch of windows each (allocator, kernels, position cache)
         model.infer(window)
         nets["tower"](window)
-    names = list(nets)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(args.repeats):
-        for name in names if repeat % 2 == 0 else names[::-1]:
-            times[name].append(_timed(lambda: runs[name](nets[name], image, args)))  # noqa: B023 (called at once)
-        print(f"repeat {repeat + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names), flush=True)
-    return times
+
+    def progress(repeat: int, times: dict[str, TimingResult]) -> None:
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{n} {t.times_s[-1]:.2f} s" for n, t in times.items()), flush=True)
+
+    workloads = {name: functools.partial(runs[name], nets[name], image, args) for name in nets}
+    return alternating_times(workloads, repeats=args.repeats, on_repeat=progress)
 
 
-def time_block(args: argparse.Namespace, repeats: int = 3) -> dict[str, list[float]]:
+def time_block(args: argparse.Namespace, repeats: int = 3) -> dict[str, TimingResult]:
     """One ViT-B/16 block on one batch of windows' tokens: open_clip's forward vs `fused_block_forward`."""
     import torch
 
@@ -166,15 +160,14 @@ def time_block(args: argparse.Namespace, repeats: int = 3) -> dict[str, list[flo
 
     block = build_tower(args.crop).transformer.resblocks[0]
     tokens = torch.randn(args.batch_size, 1 + (args.crop // 16) ** 2, block.attn.embed_dim)
-    ways = {"open_clip": block, "fused": lambda x: fused_block_forward(block, x)}
-    times: dict[str, list[float]] = {name: [] for name in ways}
+    ways = {
+        "open_clip": functools.partial(block, tokens),
+        "fused": functools.partial(fused_block_forward, block, tokens),
+    }
     with torch.inference_mode():
-        for fn in ways.values():
-            fn(tokens)
-        for repeat in range(repeats):
-            for name in list(ways) if repeat % 2 == 0 else list(ways)[::-1]:
-                times[name].append(_timed(lambda: ways[name](tokens)))  # noqa: B023 (called at once)
-    return times
+        for fn in ways.values():  # warm-up
+            fn()
+        return alternating_times(ways, repeats=repeats)
 
 
 def _memory_child(args: argparse.Namespace) -> None:
@@ -194,7 +187,9 @@ def _memory_child(args: argparse.Namespace) -> None:
         files = sorted(Path(args.folder).glob("*.png"))
         built = rss_bytes()
         reset_peak_rss()
-        seconds = _timed(lambda: [predictor.predict(read_user_image(path)) for path in files])
+        seconds = median_seconds(
+            lambda: [predictor.predict(read_user_image(p)) for p in files], repeats=1, warmup=0
+        ).median_s
         result.update(images=len(files), seconds=seconds, images_per_s=len(files) / seconds)
     else:
         model = build_ppar()[0] if args.child == "ppar" else build_tower(args.crop)
@@ -254,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, Any] = {"machine": machine_info("cpu"), "config": vars(args).copy()}
     times = time_paths(args)
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
-    results["time"] = {name: {"times_s": times[name], "median_s": medians[name]} for name in times}
+    medians = {name: t.median_s for name, t in times.items()}
+    results["time"] = {name: {"times_s": t.times_s, "median_s": t.median_s} for name, t in times.items()}
     print(
         f"time (median of {args.repeats}): ppar {medians['ppar']:.2f} s, bare tower {medians['tower']:.2f} s, "
         f"ppar's encoder alone {medians['encoder']:.2f} s (so head + VTP + accumulation: ppar / encoder = "
@@ -264,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     block = time_block(args)
-    block_s = {name: statistics.median(ts) for name, ts in block.items()}
-    results["block"] = {name: {"times_s": block[name], "median_s": block_s[name]} for name in block}
+    block_s = {name: t.median_s for name, t in block.items()}
+    results["block"] = {name: {"times_s": t.times_s, "median_s": t.median_s} for name, t in block.items()}
     print(
         f"one ViT block on {args.batch_size} windows' tokens (median of 3): open_clip {block_s['open_clip']:.3f} s, "
         f"ppar fused attention {block_s['fused']:.3f} s",

@@ -37,6 +37,7 @@ from typing import Any
 # Why a path insert: the benchmarks are scripts (`python bench/x.py`), and the children are started by file path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    alternating_times,
     emit_child_result,
     machine_info,
     max_rss_bytes,
@@ -288,18 +289,17 @@ def run_step_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     for work in workloads:
         for _ in range(args.warmup):
             work.step()
-    times: dict[str, list[float]] = {w.name: [] for w in workloads}
-    for rep in range(args.repeats):
-        order = workloads if rep % 2 == 0 else workloads[::-1]  # ABBA: drift on a shared machine hits both alike
-        for work in order:
-            times[work.name] += median_seconds(work.step, repeats=1, warmup=0, device=device).times_s
+    times = alternating_times({w.name: w.step for w in workloads}, repeats=args.repeats, device=device)
     results: dict[str, Any] = {"machine": machine_info(device), "config": vars(args).copy(), "workloads": {}}
     peak_mm = None if args.no_mfu else matmul_flops_per_s(device, amp=args.amp)
     results["matmul_flops_per_s"] = peak_mm
     for work in workloads:
-        ts = sorted(times[work.name])
-        median = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
-        entry: dict[str, Any] = {"times_s": times[work.name], "median_s": median, "img_per_s": args.batch_size / median}
+        median = times[work.name].median_s
+        entry: dict[str, Any] = {
+            "times_s": times[work.name].times_s,
+            "median_s": median,
+            "img_per_s": args.batch_size / median,
+        }
         entry["model_flops"] = work.flops
         if peak_mm:
             entry["mfu"] = work.flops / median / peak_mm

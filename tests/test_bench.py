@@ -14,16 +14,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _last_line(args: list[str]) -> str:
+    """Run a benchmark offline (no $OUT) and return the last line it printed; it must exit 0."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_train_step_benchmark_runs_and_prints_its_ratio_line() -> None:
     args = [
         sys.executable, str(ROOT / "bench" / "train_step.py"), "--preset", "tiny", "--image-size", "64",
         "--batch-size", "2", "--repeats", "1", "--no-memory", "--no-mfu",
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    last = proc.stdout.strip().splitlines()[-1]
+    last = _last_line(args)
     assert re.fullmatch(r"train_step ratio time=\d+\.\d+ memory=(\d+\.\d+|nan)", last), last
 
 
@@ -33,10 +38,7 @@ def test_inference_benchmark_runs_and_prints_its_ratio_line(tmp_path: Path) -> N
         sys.executable, str(ROOT / "bench" / "inference.py"), "--height", "96", "--width", "160", "--crop", "64",
         "--stride", "48", "--repeats", "1", "--folder-images", "1", "--json", str(tmp_path / "inference.json"),
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": ""}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    last = proc.stdout.strip().splitlines()[-1]
+    last = _last_line(args)
     assert re.fullmatch(r"inference ratio time=\d+\.\d+ memory=\d+\.\d+", last), last
     results = json.loads((tmp_path / "inference.json").read_text())
     assert results["predict"]["images"] == 1 and results["memory"]["ppar"]["peak_bytes"] > 0

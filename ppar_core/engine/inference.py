@@ -81,17 +81,22 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
     return [min(i * stride, length - crop) for i in range(count)]
 
 
+def _padded_size(h: int, w: int, size_divisor: int) -> tuple[int, int]:
+    """(h, w) rounded up to multiples of size_divisor: the size the model sees."""
+    return h + (-h) % size_divisor, w + (-w) % size_divisor
+
+
 def _forward_padded(model_fn: ModelFn, batch: Tensor, *, num_classes: int, size_divisor: int) -> Tensor:
     """Run the model on (B,3,h,w) zero-padded to a multiple of size_divisor -> its raw (B,K,h',w') scores.
 
     The scores may be at any resolution (a segmentor's output stride); `_window_scores` brings one of them to the
     window's size.
     """
-    pad_h = (-batch.shape[-2]) % size_divisor
-    pad_w = (-batch.shape[-1]) % size_divisor
-    if pad_h or pad_w:
+    h, w = batch.shape[-2:]
+    padded_h, padded_w = _padded_size(h, w, size_divisor)
+    if (padded_h, padded_w) != (h, w):
         # Zero is the dataset mean after normalisation: the least surprising filler for the model.
-        batch = F.pad(batch, (0, pad_w, 0, pad_h))
+        batch = F.pad(batch, (0, padded_w - w, 0, padded_h - h))
     logits = model_fn(batch)
     if logits.ndim != 4 or tuple(logits.shape[:2]) != (batch.shape[0], num_classes):
         raise PparError(
@@ -111,10 +116,6 @@ def _window_scores(logits: Tensor, padded: tuple[int, int], size: tuple[int, int
     if tuple(logits.shape[-2:]) != padded:
         logits = _resize(logits.float(), padded)
     return logits[..., : size[0], : size[1]].to(device=out_device, dtype=torch.float32)
-
-
-def _padded_size(h: int, w: int, size_divisor: int) -> tuple[int, int]:
-    return h + (-h) % size_divisor, w + (-w) % size_divisor
 
 
 PENDING_BYTES = 64 * 2**20
