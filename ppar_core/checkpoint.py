@@ -6,7 +6,7 @@ A model checkpoint holds tensors (weights, prototypes, reliability statistics) a
 flattened into tensors, caller tensors (RNG, statistics) and JSON metadata, so that `--resume` continues bit-exactly.
 
 Only safetensors is ever read: no pickle, so a checkpoint from a stranger cannot run code. Writes go through
-`runtime.atomic_write`, so a crash mid-save leaves the previous checkpoint intact.
+`files.atomic_write`, so a crash mid-save leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ppar_core import __version__
 from ppar_core.errors import PparError
-from ppar_core.runtime import atomic_write
+from ppar_core.files import atomic_write
 
 CHECKPOINT_FORMAT_VERSION = 1
 

@@ -107,7 +107,7 @@ def save_prototypes(path: str | Path, protos: Prototypes) -> Path:
     """Write `protos` to `path` (.safetensors) atomically: a reader sees the old file or the new one, never a part."""
     from safetensors.torch import save
 
-    from ppar_core.runtime import atomic_write
+    from ppar_core.files import atomic_write
 
     path = Path(path)
     if protos.otp.ndim != 2:

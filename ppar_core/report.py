@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ppar_core.engine.inference import InferenceConfig
+from ppar_core.files import atomic_write, file_sha256
 from ppar_core.labels import CLASS_NAMES, SYNTHIA16_TRAIN_IDS
 from ppar_core.metrics import SegMetrics
-from ppar_core.runtime import atomic_write, file_sha256
 
 if TYPE_CHECKING:
     from ppar_core.config import TrainConfig

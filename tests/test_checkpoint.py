@@ -26,7 +26,8 @@ from ppar_core.checkpoint import (
     sibling_state_path,
 )
 from ppar_core.errors import PparError
-from ppar_core.runtime import capture_rng_state, file_sha256, restore_rng_state
+from ppar_core.files import file_sha256
+from ppar_core.runtime import capture_rng_state, restore_rng_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from ppar_core.engine.inference import InferenceConfig
 from ppar_core.labels import CLASS_NAMES, SYNTHIA16_TRAIN_IDS
 from ppar_core.metrics import SegMetrics
 from ppar_core.report import build_eval_report, per_class_table, target_inference
-from ppar_core.runtime import file_sha256
+from ppar_core.files import file_sha256
 
 TARGET_KEYS = {"miou", "per_class", "acc", "macc", "images"}
 
