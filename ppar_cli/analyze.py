@@ -13,7 +13,7 @@ from ppar_cli.options import DataRootOption, DeviceOption, JsonOption, console, 
 from ppar_cli.render import progress_bars
 
 if TYPE_CHECKING:
-    from ppar_core.analysis import WeightReport
+    from ppar_core.analysis.weights import WeightReport
 
 HELP = """Show the reliability weights of a PPAR run, per class: mean, histogram, share below 0.5 and above 2.
 
@@ -53,7 +53,7 @@ def command(
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
-    from ppar_core.analysis import AnalysisConfig, analyze_weights
+    from ppar_core.analysis.weights import AnalysisConfig, analyze_weights
     from ppar_core.errors import PparError
 
     if folder is not None and data is not None:

@@ -1,6 +1,6 @@
 """`ppar eval`: evaluate a checkpoint on target datasets, or saved prediction PNGs against one dataset.
 
-The library does the work (`ppar_core.report.evaluate_checkpoint`, `ppar_core.prediction_eval`); this module parses
+The library does the work (`ppar_core.evaluation.report.evaluate_checkpoint`, `ppar_core.evaluation.predictions`); this module parses
 flags, shows a progress bar on stderr, prints per-class tables and writes `eval.json` + `eval_per_class.csv`.
 """
 
@@ -54,11 +54,11 @@ def command(
     fmt: Annotated[str, typer.Option("--format", help="With --predictions: trainid or labelid.")] = "trainid",
     json_out: JsonOption = False,
 ) -> None:
-    from ppar_core.report import write_eval_report
+    from ppar_core.evaluation.report import write_eval_report
 
     with progress_bars() as progress:
         if predictions is not None:
-            from ppar_core.prediction_eval import evaluate_prediction_folder
+            from ppar_core.evaluation.predictions import evaluate_prediction_folder
 
             if checkpoint is not None or target is None:
                 raise PparError("With --predictions pass --target DATASET and no checkpoint, e.g. --target cityscapes.")
@@ -68,7 +68,7 @@ def command(
             )  # fmt: skip
             folder = out or predictions
         else:
-            from ppar_core.report import evaluate_checkpoint
+            from ppar_core.evaluation.report import evaluate_checkpoint
 
             if checkpoint is None:
                 raise PparError(
@@ -99,7 +99,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _render(report: dict[str, Any]) -> None:
-    from ppar_core.report import per_class_table
+    from ppar_core.evaluation.report import per_class_table
 
     header, rows = per_class_table(report)
     table = Table(title="IoU per class (%)")

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import tomllib
 
 from ppar_core.data.transforms import TrainAugment
-from ppar_core.engine.inference import InferenceConfig
+from ppar_core.inference import InferenceConfig
 from ppar_core.errors import PparError
 from ppar_core.losses import LossConfig
 from ppar_core.modeling.decode_head import HeadConfig

@@ -23,7 +23,7 @@ from torch import Tensor
 from ppar_core.checkpoint import Checkpoint, load_checkpoint, load_into_module
 from ppar_core.config import TrainConfig, from_dict
 from ppar_core.data.transforms import to_clip_tensor_layout
-from ppar_core.engine.inference import InferenceConfig, infer_logits
+from ppar_core.inference import InferenceConfig, infer_logits
 from ppar_core.errors import PparError
 from ppar_core.labels import NUM_CLASSES
 from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor

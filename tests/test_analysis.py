@@ -13,7 +13,7 @@ import safetensors
 import torch
 import torch.nn.functional as F
 
-from ppar_core.analysis import (
+from ppar_core.analysis.weights import (
     AnalysisConfig,
     StepSchedule,
     analyze_weights,

@@ -46,7 +46,7 @@ def test_help_has_an_example(cli: Callable) -> None:
 
 
 def test_checkpoint_json_schema_and_values(cli: Callable, tiny_run) -> None:
-    from ppar_core.analysis import load_weight_stats
+    from ppar_core.analysis.weights import load_weight_stats
 
     result = cli("analyze-weights", tiny_run.checkpoint, "--json")
     assert result.code == 0, result.err

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from ppar_core.engine.inference import InferenceConfig
+from ppar_core.inference import InferenceConfig
 from ppar_core.labels import CLASS_NAMES, SYNTHIA16_TRAIN_IDS
 from ppar_core.metrics import SegMetrics
-from ppar_core.report import build_eval_report, per_class_table, target_inference
+from ppar_core.evaluation.report import build_eval_report, per_class_table, target_inference
 from ppar_core.files import file_sha256
 
 TARGET_KEYS = {"miou", "per_class", "acc", "macc", "images"}
@@ -154,7 +154,7 @@ def test_mapillary_defaults_to_long_side_2048_unless_a_scale_is_given() -> None:
 
 def test_training_report_records_the_run_protocol(tmp_path: Path) -> None:
     from ppar_core.config import get_train_preset
-    from ppar_core.report import training_eval_report, write_eval_report
+    from ppar_core.evaluation.report import training_eval_report, write_eval_report
 
     checkpoint = tmp_path / "last.safetensors"
     checkpoint.write_bytes(b"stand-in bytes")  # only hashed here

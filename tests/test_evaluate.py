@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ppar_core.data import Sample, build_dataset
 from ppar_core.data.transforms import CLIP_MEAN, CLIP_STD, to_clip_tensor_layout
-from ppar_core.engine.evaluate import evaluate_dataset, evaluate_targets, image_to_tensor, mean_miou
-from ppar_core.engine.inference import InferenceConfig
+from ppar_core.evaluation.evaluate import evaluate_dataset, evaluate_targets, image_to_tensor, mean_miou
+from ppar_core.inference import InferenceConfig
 
 K = 3
 CFG = InferenceConfig(crop_size=32, stride=24)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ppar_core.engine.inference import InferenceConfig, infer_logits, predict_labels, window_starts
+from ppar_core.inference import InferenceConfig, infer_logits, predict_labels, window_starts
 from ppar_core.errors import PparError
 
 K = 4
@@ -278,7 +278,7 @@ def test_low_resolution_scores_are_upsampled_per_window_as_the_model_would(mode:
 def test_flushing_window_scores_early_or_late_gives_the_same_sum(monkeypatch: pytest.MonkeyPatch) -> None:
     # Scores are held until PENDING_BYTES and then added to the full-resolution sum; when that happens (after every
     # batch, or once at the end) must not change the result.
-    import ppar_core.engine.inference as inference
+    import ppar_core.inference as inference
 
     conv = conv_model(seed=4)
 
@@ -296,7 +296,7 @@ def test_flushing_window_scores_early_or_late_gives_the_same_sum(monkeypatch: py
 def test_low_resolution_scores_wait_for_the_model_full_resolution_ones_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
     # The order of events shows when the full-resolution sum is fed: after all windows for stride-4 scores (so the
     # model's peak and the sum do not coincide), after every batch for full-size scores.
-    import ppar_core.engine.inference as inference
+    import ppar_core.inference as inference
 
     events: list[str] = []
     original = inference._window_scores

@@ -11,7 +11,7 @@ from ppar_core.data import build_dataset
 from ppar_core.errors import PparError
 from ppar_core.imageio import write_png
 from ppar_core.labels import LABELID_TO_TRAINID, TRAINID_TO_LABELID
-from ppar_core.prediction_eval import evaluate_prediction_folder, evaluate_predictions, index_predictions
+from ppar_core.evaluation.predictions import evaluate_prediction_folder, evaluate_predictions, index_predictions
 
 # Two 2x3 labels (255 = ignore) and predictions with a known confusion.
 LABELS = [

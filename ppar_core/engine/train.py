@@ -34,8 +34,8 @@ from ppar_core.checkpoint import (
 from ppar_core.config import RESUMABLE_FIELDS, TrainConfig, config_diff, from_dict, to_dict
 from ppar_core.data import build_dataset
 from ppar_core.engine.distributed import DistContext, cleanup_distributed, init_distributed
-from ppar_core.engine.evaluate import evaluate_targets, mean_miou
-from ppar_core.engine.inference import InferenceConfig
+from ppar_core.evaluation.evaluate import evaluate_targets, mean_miou
+from ppar_core.inference import InferenceConfig
 from ppar_core.engine.optim import build_optimizer, lr_at, set_lr
 from ppar_core.engine.sampling import StreamSampler, TrainSamples
 from ppar_core.errors import PparError
@@ -44,7 +44,7 @@ from ppar_core.losses import ppar_loss
 from ppar_core.metrics import SegMetrics
 from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor, resolve_model_config
 from ppar_core.reliability import update_weight_stats
-from ppar_core.report import build_target_datasets, target_inference, training_eval_report, write_eval_report
+from ppar_core.evaluation.report import build_target_datasets, target_inference, training_eval_report, write_eval_report
 from ppar_core.runtime import autocast, capture_rng_state, restore_rng_state, seed_everything
 
 log = logging.getLogger("ppar.train")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ppar_core.data.base import SegDataset
-from ppar_core.data.folder import build_flat
+from ppar_core.data.datasets.folder import build_flat
 from ppar_core.data.io import LABELID_MAP
 
 LAYOUT = "images/*.png and labels/*.png (palettised labelIds), paired by file name"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ppar_core.data.base import SegDataset
-from ppar_core.data.folder import build_flat
+from ppar_core.data.datasets.folder import build_flat
 from ppar_core.data.io import TRAINID_MAP
 
 LAYOUT = "images/*.png and labels/*.png (trainIds), as written by `ppar data synth`"

@@ -142,11 +142,11 @@ def evaluate_prediction_folder(
 ) -> dict:
     """Evaluate the prediction PNGs in `folder` against target `target` (`NAME` or `NAME=PATH`) -> the report dict.
 
-    The report has the shape of `ppar eval` (`ppar_core.report`); its protocol names the folder and the format
+    The report has the shape of `ppar eval` (`ppar_core.evaluation.report`); its protocol names the folder and the format
     instead of a checkpoint and has no inference fields (the predictions were made elsewhere).
     """
     from ppar_core.data.registry import parse_spec
-    from ppar_core.report import build_eval_report, build_target_datasets
+    from ppar_core.evaluation.report import build_eval_report, build_target_datasets
 
     folder = Path(folder)
     if fmt not in PREDICTION_FORMATS:

@@ -25,7 +25,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ppar_core.engine.inference import InferenceConfig
+from ppar_core.inference import InferenceConfig
 from ppar_core.files import atomic_write, file_sha256
 from ppar_core.labels import CLASS_NAMES, SYNTHIA16_TRAIN_IDS
 from ppar_core.metrics import SegMetrics
@@ -55,7 +55,7 @@ def build_target_datasets(
 ) -> SegDataset | dict[str, SegDataset]:
     """Datasets of one target spec (`NAME` or `NAME=PATH`): ACDC `acdc` gives one dataset per condition."""
     from ppar_core.data import build_dataset
-    from ppar_core.data.acdc import CONDITIONS
+    from ppar_core.data.datasets.acdc import CONDITIONS
     from ppar_core.data.registry import parse_spec
 
     name, path = parse_spec(spec)
@@ -87,7 +87,7 @@ def evaluate_checkpoint(
     dataset is built (and its layout checked) before the first image is evaluated. `progress(target, done, total)`.
     """
     from ppar_core.data.registry import parse_spec
-    from ppar_core.engine.evaluate import evaluate_dataset
+    from ppar_core.evaluation.evaluate import evaluate_dataset
     from ppar_core.predict import load_segmentor
     from ppar_core.runtime import resolve_device
 

@@ -1,7 +1,7 @@
 """Evaluate a model on segmentation datasets: normalise, infer, argmax, accumulate a confusion matrix.
 
 Used by the trainer's periodic evaluation and by `ppar eval`. The model is a plain callable
-`model_fn(images (B,3,h,w) float) -> logits (B,K,h,w)` (see `ppar_core.engine.inference`), so evaluation does not
+`model_fn(images (B,3,h,w) float) -> logits (B,K,h,w)` (see `ppar_core.inference`), so evaluation does not
 depend on how the model was built. Under DistributedDataParallel each rank takes every world_size-th image and the
 confusion matrices are summed once at the end, so every image is counted exactly once.
 """
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ppar_core.data.transforms import CLIP_MEAN, CLIP_STD
-from ppar_core.engine.inference import InferenceConfig, ModelFn, infer_logits
+from ppar_core.inference import InferenceConfig, ModelFn, infer_logits
 from ppar_core.errors import PparError
 from ppar_core.metrics import ConfusionAccumulator, SegMetrics
 

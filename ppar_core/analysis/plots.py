@@ -19,7 +19,7 @@ from ppar_core.reliability import hist_edges
 from ppar_core.visualize import classes_present, legend_strip
 
 if TYPE_CHECKING:
-    from ppar_core.analysis import WeightReport
+    from ppar_core.analysis.weights import WeightReport
 
 _GAP = 4  # white pixels between the heat map and the label colours
 _BAR_HEIGHT = 22

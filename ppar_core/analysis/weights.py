@@ -284,7 +284,7 @@ def analyze_images(
     With `out`, writes one heat-map overlay per image to `out/images/<name>.png`. `on_image(done, total)` reports
     progress.
     """
-    from ppar_core.analysis_plots import write_weight_overlay
+    from ppar_core.analysis.plots import write_weight_overlay
     from ppar_core.data import build_dataset
     from ppar_core.data.transforms import to_clip_tensor_layout
     from ppar_core.predict import load_segmentor
@@ -364,7 +364,7 @@ def analyze_weights(
     With `out`, writes the PNGs there: per-class histogram grid and mean-weight bar chart (matplotlib; when it is
     missing `plots_note` says how to get them) and, for data, one heat-map overlay per image.
     """
-    from ppar_core.analysis_plots import write_class_plots
+    from ppar_core.analysis.plots import write_class_plots
 
     config = (config or AnalysisConfig()).validate()
     if config.data is None:
