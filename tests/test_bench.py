@@ -42,3 +42,9 @@ def test_inference_benchmark_runs_and_prints_its_ratio_line(tmp_path: Path) -> N
     assert re.fullmatch(r"inference ratio time=\d+\.\d+ memory=\d+\.\d+", last), last
     results = json.loads((tmp_path / "inference.json").read_text())
     assert results["predict"]["images"] == 1 and results["memory"]["ppar"]["peak_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_synth_speed_benchmark_runs_and_prints_its_line() -> None:
+    last = _last_line([sys.executable, str(ROOT / "bench" / "synth_speed.py"), "--num", "2", "--size", "32x64"])
+    assert re.fullmatch(r"synth images_per_s=\d+\.\d+", last), last

@@ -163,6 +163,14 @@ def test_unknown_domain_and_bad_size_are_user_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "synth-snow").exists()
 
 
+def test_a_failed_write_is_a_user_error_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    images = tmp_path / "synth-fog" / "images"
+    (images / "synth-fog_00000.png").mkdir(parents=True)  # a folder where the PNG should go: the rename fails
+    with pytest.raises(PparError, match="Cannot write .*synth-fog_00000.png"):
+        write_domains(tmp_path, domains=("synth-fog",), num=1, size=(32, 64))
+    assert [p.name for p in images.iterdir()] == ["synth-fog_00000.png"]
+
+
 def test_style_dict_round_trip_and_strictness() -> None:
     for style in BUILTIN_STYLES.values():
         assert Style.from_dict(json.loads(json.dumps(style.to_dict()))) == style
@@ -210,9 +218,11 @@ def test_bad_style_file_names_the_file_and_the_problem(tmp_path: Path, content: 
 
 
 @pytest.mark.slow
-def test_two_hundred_full_size_images_in_well_under_20_seconds(tmp_path: Path) -> None:
-    import time
-
-    start = time.perf_counter()
-    write_domains(tmp_path, num=50, size=(256, 512))
-    assert time.perf_counter() - start < 20.0
+def test_two_hundred_full_size_images_are_written(tmp_path: Path) -> None:
+    # How fast this goes is measured by bench/synth_speed.py, not asserted here: a shared machine's timing is noise.
+    folders = write_domains(tmp_path, num=50, size=(256, 512))
+    assert set(folders) == set(DEFAULT_DOMAINS)
+    for domain, folder in folders.items():
+        names = [f"{domain}_{i:05d}.png" for i in range(50)]
+        assert sorted(p.name for p in (folder / "images").iterdir()) == names
+        assert sorted(p.name for p in (folder / "labels").iterdir()) == names

@@ -1,64 +1,32 @@
-"""Built-in synthetic street-scene domains: procedural layouts rendered in per-domain styles (the public API).
+"""The top of the generator: draw a layout, render a sample, write domain folders.
 
-A `Layout` is the style-independent scene: a pinhole camera looks down a straight street (road with lane marks,
-sidewalks, buildings with windows, walls, fences, parks, street furniture, traffic and people), drawn by the
-painter's algorithm from far to near into one map of part ids. Every part carries a class, a base colour, a light
-kind and a facing, so the label map, the depth map and the base colours all come from the same pixels: labels and
-image agree exactly at every object edge. `render` (in `synth_styles`) adds the domain's appearance.
-
-Modules: this one assembles layouts and writes domain folders; `synth_scene` holds the camera and the static street
-(road, roadside, furniture), `synth_objects` the vehicles, people and two-wheelers, `synth_styles` the appearance.
-
-Randomness: the layout of sample `index` in `domain` is drawn from SeedSequence(seed, crc32(domain), index, 0) and
-its appearance from (..., 1). So layouts never repeat across domains, yet every domain draws from one layout
-distribution, and the same (domain, index, size, seed) is always byte-identical.
+`generate_layout` puts a scene together (street, background, roadsides, furniture, then traffic) and derives the
+depth map from it; `make_sample` draws one sample of a domain from its own seed streams; `write_domains` writes
+whole domain folders as PNGs (through the project's atomic writer) with a `style.json` describing them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from ppar_core.data.synth_objects import traffic
-from ppar_core.data.synth_scene import SKY_DEPTH, Scene, background, furniture, lay_street, roadside
-from ppar_core.data.synth_styles import BUILTIN_STYLES, DEFAULT_DOMAINS, Style, load_style_file, render
+from ppar_core.data.synth.layout import SKY_DEPTH, Layout
+from ppar_core.data.synth.objects import traffic
+from ppar_core.data.synth.scene import Scene
+from ppar_core.data.synth.street import background, furniture, lay_street, roadside
+from ppar_core.data.synth.styles import BUILTIN_STYLES, DEFAULT_DOMAINS, Style, render
 from ppar_core.errors import PparError
-
-__all__ = [
-    "BUILTIN_STYLES", "DEFAULT_DOMAINS", "SKY_DEPTH", "Layout", "Style", "generate_layout", "load_style_file",
-    "make_sample", "render", "write_domains",
-]  # fmt: skip
+from ppar_core.files import atomic_write
 
 GENERATOR_VERSION = 1  # bump when layouts or rendering change, so style.json tells old folders apart
-
-
-@dataclass(frozen=True, eq=False)
-class Layout:
-    """One procedural street scene, independent of style. P is the number of parts (drawn primitives)."""
-
-    labels: np.ndarray  # (H,W) uint8 trainIds 0-18 (the generator never emits 255)
-    parts: np.ndarray  # (H,W) uint16 index into the part tables; part 0 is the sky
-    depth: np.ndarray  # (H,W) float32 distance along the view axis in metres; sky = SKY_DEPTH
-    part_labels: np.ndarray  # (P,) uint8 trainId of each part
-    part_colors: np.ndarray  # (P,3) float32 base RGB in 0-1 (before any style)
-    part_lights: np.ndarray  # (P,) uint8 light kind (synth_styles.LIGHT_*): what may glow at night
-    part_facing: np.ndarray  # (P,) uint8 facing code (synth_styles.FACE_*): for sun shading
-    horizon: float  # image row of the horizon (the sky gradient is measured from it)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(H, W) in pixels."""
-        return (int(self.labels.shape[0]), int(self.labels.shape[1]))
 
 
 def _build_scene(rng: np.random.Generator, h: int, w: int) -> Scene:
@@ -141,17 +109,17 @@ def make_sample(
     return render(layout, style, look_rng), layout.labels
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    # A hidden temporary name that no `*.png` glob matches, renamed into place: a crash never leaves half a PNG.
-    tmp = path.with_name(f".{path.name}.tmp")
+def _write_file(path: Path, data: bytes) -> None:
+    # Atomic (a crash never leaves half a PNG; its temporary name matches no `*.png` glob), and a full disk or a
+    # read-only folder is the user's to fix, so it is reported as such rather than as a traceback.
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
     except OSError as exc:
         raise PparError(f"Cannot write {path} ({exc.strerror}): check free space and permissions.") from None
 
 
 def _png(array: np.ndarray) -> bytes:
+    """PNG bytes of an (H,W) or (H,W,3) BGR uint8 array, at the fastest compression level (generation speed first)."""
     ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:  # pragma: no cover - OpenCV only fails here on out-of-memory
         raise RuntimeError("PNG encoding failed")
@@ -159,8 +127,8 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def _write_pair(folder: Path, name: str, image: np.ndarray, labels: np.ndarray) -> None:
-    _write_atomic(folder / "images" / name, _png(np.ascontiguousarray(image[..., ::-1])))  # OpenCV wants BGR
-    _write_atomic(folder / "labels" / name, _png(labels))
+    _write_file(folder / "images" / name, _png(np.ascontiguousarray(image[..., ::-1])))  # OpenCV wants BGR
+    _write_file(folder / "labels" / name, _png(labels))
 
 
 def write_domains(
@@ -202,7 +170,7 @@ def write_domains(
             "generator": f"ppar synth v{GENERATOR_VERSION}",
             "seed_stream": "SeedSequence([seed, crc32(domain), index, 0 layout | 1 appearance])",
         }
-        _write_atomic(folder / "style.json", (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+        _write_file(folder / "style.json", (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
         # PNG encoding releases the GIL: one writer thread overlaps it with drawing the next sample.
         with ThreadPoolExecutor(max_workers=1) as writer:
             pending: deque[Future[None]] = deque()

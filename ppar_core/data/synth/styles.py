@@ -1,8 +1,8 @@
-"""Appearance of the built-in synthetic domains: the `Style` parameters and the renderer that applies them.
+"""Appearance of the synthetic domains: the `Style` parameters, the built-in styles and the renderer.
 
 A style is data: a frozen dataclass of a few photometric parameters (palette, lighting, haze, sensor). `render` turns
-a style-independent `Layout` (geometry, labels, depth, base colours; see `ppar_core.data.synth`) into an RGB image,
-so every domain shares one layout distribution and differs only in appearance. Style files are JSON, loaded strictly.
+a style-independent `Layout` (geometry, labels, depth, base colours; see `layout`) into an RGB image, so every domain
+shares one layout distribution and differs only in appearance. Style files are JSON, loaded strictly.
 """
 
 from __future__ import annotations
@@ -12,21 +12,22 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
+from ppar_core.data.synth.layout import (
+    FACE_LEFT,
+    FACE_RIGHT,
+    LIGHT_NONE,
+    LIGHT_SIGNAL,
+    LIGHT_WINDOW,
+    TRAIN_ID,
+    Layout,
+)
 from ppar_core.errors import PparError
 from ppar_core.labels import CLASS_NAMES, NUM_CLASSES
-
-if TYPE_CHECKING:
-    from ppar_core.data.synth import Layout
-
-# Light kinds of layout parts (`Layout.part_lights`); render decides which glow and how much.
-LIGHT_NONE, LIGHT_WINDOW, LIGHT_HEAD, LIGHT_TAIL, LIGHT_LAMP, LIGHT_SIGNAL = range(6)
-# Facing codes of layout parts (`Layout.part_facing`): what the surface faces, for directional sun shading.
-FACE_UP, FACE_LEFT, FACE_RIGHT, FACE_CAMERA, FACE_SKY = range(5)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ _RANGES: dict[str, tuple[float, float]] = {
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
+    """`value` of style key `name` checked and converted to the field's type, or a `PparError` naming `source`."""
+
     def bad(expected: str) -> PparError:
         return PparError(f"Style key {name!r} in {source} must be {expected}, got {value!r}: fix the value.")
 
@@ -226,6 +229,7 @@ def _grain(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of an (H,W) or (H,W,C) float32 image, sigma in pixels, edges reflected."""
     return cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
 
 
@@ -242,7 +246,7 @@ def render(layout: Layout, style: Style, rng: np.random.Generator) -> np.ndarray
     parts = layout.parts
     h, w = parts.shape
     scale = w / 512.0  # blur sizes are specified at 512 px width
-    sky_class = CLASS_NAMES.index("sky")
+    sky_class = TRAIN_ID["sky"]
 
     # Per part (cheap, P rows): class tint, hue and saturation matrix, ambient and sun shading by facing. The matrix
     # keeps grey grey, so it commutes with the grey texture multiplier applied per pixel below.
@@ -327,6 +331,7 @@ def render(layout: Layout, style: Style, rng: np.random.Generator) -> np.ndarray
 
 
 def _gamma_lut(gamma: float) -> np.ndarray:
+    """(256,) uint8 lookup table of the tone curve x ** (1 / gamma), rounded."""
     return np.clip((np.arange(256) / 255.0) ** (1.0 / gamma) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 

@@ -1,6 +1,6 @@
 """The moving and movable things of a synthetic scene: vehicles, trams, people and two-wheelers.
 
-`traffic` places them in a `Scene` over a `Street` (both from `synth_scene`): cars, trucks, buses and riders in the
+`traffic` places them in a `Scene` over a `Street` (from `scene` and `street`): cars, trucks, buses and riders in the
 lanes, parked cars along the curbs, a tram on its rails, pedestrians on the sidewalks and the zebra crossing, and
 parked bicycles and motorcycles. Each is queued with `Scene.later`, so it is drawn far to near with the rest.
 """
@@ -10,16 +10,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ppar_core.data.synth_scene import GLASS, Color, Scene, Street
-from ppar_core.data.synth_styles import LIGHT_HEAD, LIGHT_TAIL, LIGHT_WINDOW
-from ppar_core.labels import CLASS_NAMES
+from ppar_core.data.synth.layout import GLASS, LIGHT_HEAD, LIGHT_TAIL, LIGHT_WINDOW, TRAIN_ID, Color
+from ppar_core.data.synth.scene import Scene
+from ppar_core.data.synth.street import Street
 
-__all__ = ["traffic"]
-
-_ID = {name: i for i, name in enumerate(CLASS_NAMES)}
-_PERSON, _RIDER, _CAR, _TRUCK, _BUS, _TRAIN, _MOTO, _BIKE = (
-    _ID[n] for n in ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
-)
+_PERSON = TRAIN_ID["person"]
+_RIDER = TRAIN_ID["rider"]
+_CAR = TRAIN_ID["car"]
+_TRUCK = TRAIN_ID["truck"]
+_BUS = TRAIN_ID["bus"]
+_TRAIN = TRAIN_ID["train"]
+_MOTO = TRAIN_ID["motorcycle"]
+_BIKE = TRAIN_ID["bicycle"]
 _DARK = (0.06, 0.06, 0.07)
 # Base colours (RGB 0-1) by material; one is drawn per object and jittered, so each class keeps a typical look.
 _CARS: tuple[Color, ...] = ((0.85, 0.85, 0.85), (0.08, 0.08, 0.09), (0.6, 0.62, 0.64), (0.6, 0.08, 0.07),
@@ -31,26 +33,26 @@ _CLOTHES: tuple[Color, ...] = ((0.1, 0.1, 0.12), (0.2, 0.25, 0.45), (0.55, 0.1, 
 _SKINS: tuple[Color, ...] = ((0.9, 0.72, 0.6), (0.7, 0.5, 0.38), (0.45, 0.3, 0.22))
 
 
-def _draw_person(s: Scene, x: float, z: float, label: int = _PERSON) -> None:
+def _draw_person(s: Scene, x: float, z: float) -> None:
     """A standing or walking person, about 1.55-1.95 m tall, as a flat figure at depth z."""
     rng = s.rng
     hp = rng.uniform(1.55, 1.95)
     top, pants, skin = s.choice(_CLOTHES), s.choice(_CLOTHES), s.choice(_SKINS)
     stride = rng.uniform(0.0, 0.25) * hp
-    legs = s.part(label, np.multiply(pants, 0.8), z)
+    legs = s.part(_PERSON, np.multiply(pants, 0.8), z)
     for sgn in (-1, 1):
         s.stroke(legs, (x + sgn * 0.055 * hp, 0.5 * hp), (x + sgn * stride / 2, 0.02 * hp), z, 0.08 * hp)
         s.stroke(
-            s.part(label, top, z),
+            s.part(_PERSON, top, z),
             (x + sgn * 0.14 * hp, 0.8 * hp),
             (x + sgn * (0.17 * hp + rng.uniform(-0.05, 0.08)), 0.47 * hp),
             z,
             0.055 * hp,
         )
     xs = [x - 0.14 * hp, x + 0.14 * hp, x + 0.11 * hp, x - 0.11 * hp]
-    s.flat(s.part(label, top, z), xs, [0.83 * hp, 0.83 * hp, 0.48 * hp, 0.48 * hp], z)
-    s.disc(s.part(label, skin, z), x, 0.915 * hp, z, 0.062 * hp)
-    s.disc(s.part(label, (0.12, 0.08, 0.05), z), x, 0.945 * hp, z, 0.045 * hp)
+    s.flat(s.part(_PERSON, top, z), xs, [0.83 * hp, 0.83 * hp, 0.48 * hp, 0.48 * hp], z)
+    s.disc(s.part(_PERSON, skin, z), x, 0.915 * hp, z, 0.062 * hp)
+    s.disc(s.part(_PERSON, (0.12, 0.08, 0.05), z), x, 0.945 * hp, z, 0.045 * hp)
 
 
 def _draw_bike_side(s: Scene, x: float, z: float, direction: int, moto: bool, ridden: bool) -> None:
@@ -143,6 +145,7 @@ def _wheels(s: Scene, label: int, x0: float, x1: float, z0: float, z1: float, ra
 
 
 def _lights(s: Scene, label: int, x0: float, x1: float, y: float, z: float, oncoming: bool) -> None:
+    """A pair of headlights (oncoming) or tail lights just in front of the vehicle face at depth z."""
     color, kind = ((0.92, 0.92, 0.85), LIGHT_HEAD) if oncoming else ((0.7, 0.05, 0.05), LIGHT_TAIL)
     pid = s.part(label, color, z, jitter=0.0, light=kind)
     s.front(pid, x0 + 0.06, x0 + 0.36, y, y + 0.14, z - 0.01)
@@ -150,6 +153,7 @@ def _lights(s: Scene, label: int, x0: float, x1: float, y: float, z: float, onco
 
 
 def _draw_car(s: Scene, xc: float, z0: float, oncoming: bool) -> None:
+    """A car centred at xc, its near end at z0: wheels, body, cabin with windows, lights and number plate."""
     rng = s.rng
     length, width, height = rng.uniform(3.9, 4.8), rng.uniform(1.7, 1.9), rng.uniform(1.38, 1.6)
     x0, x1, color = xc - width / 2, xc + width / 2, s.choice(_CARS)
@@ -167,6 +171,7 @@ def _draw_car(s: Scene, xc: float, z0: float, oncoming: bool) -> None:
 
 
 def _draw_truck(s: Scene, xc: float, z0: float, oncoming: bool) -> None:
+    """A truck: a cab and a cargo box, the cab nearer the camera when it is oncoming."""
     rng = s.rng
     cargo_len, cargo_h = rng.uniform(6, 9), rng.uniform(3.2, 3.9)
     x0, x1 = xc - 1.25, xc + 1.25

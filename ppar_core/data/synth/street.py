@@ -1,180 +1,48 @@
-"""The camera and the static street of a synthetic scene: the painter's canvas, road, roadside and furniture.
+"""The static street of a synthetic scene: road, background, roadside and street furniture.
 
-`Scene` is a pinhole camera over a canvas of part ids: every primitive it draws is a new part (class, base colour,
-light kind, facing, depth rule), so labels, depth and colours of a `Layout` come from the same pixels. The functions
-here lay out everything that does not move: the street cross-section and its ground (`lay_street`), the distant
-skyline (`background`), buildings, parks, walls and fences (`roadside`) and poles, lights and signs (`furniture`).
-Traffic and people are in `synth_objects`; `synth.generate_layout` puts the scene together.
+Everything that does not move is laid out here, into a `Scene`: the street cross-section and its ground
+(`lay_street`: road, lanes, markings, sidewalks, verges, rails), the distant skyline and tree line (`background`),
+buildings, parks, walls and fences along both sides (`roadside`), and street lights, trees, traffic lights and
+signs (`furniture`). Traffic and people are in `objects`; `generate.generate_layout` puts the scene together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
 
-from ppar_core.data.synth_styles import (
-    FACE_CAMERA,
+from ppar_core.data.synth.layout import (
     FACE_LEFT,
     FACE_RIGHT,
-    FACE_SKY,
     FACE_UP,
+    GLASS,
     LIGHT_LAMP,
     LIGHT_NONE,
     LIGHT_SIGNAL,
     LIGHT_WINDOW,
+    TRAIN_ID,
+    Color,
 )
-from ppar_core.labels import CLASS_NAMES
+from ppar_core.data.synth.scene import Scene
 
-__all__ = ["GLASS", "SKY_DEPTH", "Color", "Scene", "Street", "background", "furniture", "lay_street", "roadside"]
-
-SKY_DEPTH = 1000.0  # metres given to the sky in the depth map (haze saturates well before)
-
-_ID = {name: i for i, name in enumerate(CLASS_NAMES)}
-_ROAD, _SIDEWALK, _BUILDING, _WALL, _FENCE, _POLE, _TLIGHT, _SIGN, _VEG, _TERRAIN, _SKY = (
-    _ID[n] for n in ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                     "vegetation", "terrain", "sky")
-)  # fmt: skip
+_ROAD = TRAIN_ID["road"]
+_SIDEWALK = TRAIN_ID["sidewalk"]
+_BUILDING = TRAIN_ID["building"]
+_WALL = TRAIN_ID["wall"]
+_FENCE = TRAIN_ID["fence"]
+_POLE = TRAIN_ID["pole"]
+_TLIGHT = TRAIN_ID["traffic light"]
+_SIGN = TRAIN_ID["traffic sign"]
+_VEG = TRAIN_ID["vegetation"]
+_TERRAIN = TRAIN_ID["terrain"]
 _FAR = 3000.0  # metres: the far end of the ground planes (projects onto the horizon)
-GLASS = (0.13, 0.15, 0.19)
 _WINDOW_GROUPS = 8  # parts per facade among which windows are shared (lit or dark together)
-Color = tuple[float, float, float]
 # Base colours (RGB 0-1) by material; one is drawn per object and jittered, so each class keeps a typical look.
 _FACADES: tuple[Color, ...] = ((0.62, 0.56, 0.48), (0.55, 0.55, 0.55), (0.6, 0.42, 0.35), (0.72, 0.7, 0.64),
                                (0.48, 0.46, 0.44), (0.66, 0.6, 0.5))  # fmt: skip
 _SIGNAL: tuple[Color, ...] = ((1.0, 0.15, 0.1), (1.0, 0.7, 0.1), (0.2, 1.0, 0.45))  # red, amber, green
-
-
-class Scene:
-    """A painter's canvas of part ids and the pinhole camera that projects street coordinates onto it.
-
-    Street coordinates in metres: x to the right, y up from the ground, z forward from the camera.
-    """
-
-    def __init__(self, rng: np.random.Generator, h: int, w: int) -> None:
-        self.rng, self.h, self.w = rng, h, w
-        self.f = w * rng.uniform(0.8, 1.0)  # focal length in pixels: a 53-64 degree horizontal field of view
-        self.cam_h = rng.uniform(1.3, 1.7)
-        self.horizon = h * rng.uniform(0.36, 0.46)
-        self.vx = w * rng.uniform(0.42, 0.58)
-        self.parts = np.zeros((h, w), dtype=np.uint16)
-        self._rows: list[tuple[int, Color, int, int, int, float]] = [
-            (_SKY, (0.42, 0.62, 0.88), LIGHT_NONE, FACE_SKY, 0, SKY_DEPTH)
-        ]
-        self._items: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
-        self._jitter: list[float] = rng.standard_normal(3 * 2048).tolist()
-        self._next = 0
-
-    # -- parts and ordering --------------------------------------------------------------------------------------
-    def part(
-        self,
-        label: int,
-        color: Sequence[float] | np.ndarray,
-        z: float,
-        *,
-        jitter: float = 0.05,
-        light: int = LIGHT_NONE,
-        facing: int = FACE_CAMERA,
-        kind: int = 0,
-    ) -> int:
-        """A new part id; `kind` 0: constant depth z, 1: ground plane, 2: wall parallel to the street at |x| = z."""
-        # Colour jitter comes from a pre-drawn block of normals: drawing per part would dominate the layout time.
-        n, i = self._jitter, self._next
-        self._next = (i + 3) % len(n)
-        # Mostly brightness, a little hue: independent channel jitter would tint grey materials (roads) purple.
-        gains = (n[i] + 0.25 * n[i + 1], n[i] + 0.25 * n[i + 2], n[i] - 0.25 * (n[i + 1] + n[i + 2]))
-        c = tuple(min(1.0, max(0.0, float(color[k]) * (1.0 + jitter * gains[k]))) for k in range(3))
-        self._rows.append((label, (c[0], c[1], c[2]), light, facing, kind, float(z)))
-        if len(self._rows) >= 65535:  # pragma: no cover - a 512x1024 scene uses about 2,000
-            raise RuntimeError("too many parts in one synthetic scene")
-        return len(self._rows) - 1
-
-    def later(self, key: float, fn: Callable[..., None], *args: Any) -> None:
-        """Queue a drawing; `finish` runs them far to near (descending key) so nearer objects occlude."""
-        self._items.append((key, len(self._items), fn, args))
-
-    def finish(self) -> None:
-        for _, _, fn, args in sorted(self._items, key=lambda item: (-item[0], item[1])):
-            fn(self, *args)
-        self._items.clear()
-
-    def tables(self) -> dict[str, np.ndarray]:
-        return {
-            "label": np.array([r[0] for r in self._rows], dtype=np.uint8),
-            "color": np.array([r[1] for r in self._rows], dtype=np.float32),
-            "light": np.array([r[2] for r in self._rows], dtype=np.uint8),
-            "facing": np.array([r[3] for r in self._rows], dtype=np.uint8),
-            "depth_kind": np.array([r[4] for r in self._rows], dtype=np.uint8),
-            "depth_param": np.array([r[5] for r in self._rows], dtype=np.float32),
-        }
-
-    # -- primitives: every one writes only part ids, so labels, depth and colour share the same pixels -------------
-    # Points are projected in plain Python (a handful per primitive: numpy's per-call overhead would dominate) to
-    # OpenCV fixed point with 4 fractional bits (shift=4), which keeps small, far objects in the right place.
-    def pt(self, x: float, y: float, z: float) -> tuple[int, int]:
-        """Street point (x, y, z) -> fixed-point pixel (16 u, 16 v); z is clamped to the 0.3 m near plane."""
-        z = z if z > 0.3 else 0.3
-        return round((self.vx + self.f * x / z) * 16.0), round((self.horizon + self.f * (self.cam_h - y) / z) * 16.0)
-
-    def poly(self, pid: int, points: Sequence[tuple[float, float, float]]) -> None:
-        cv2.fillPoly(self.parts, [np.array([self.pt(*p) for p in points], dtype=np.int32)], pid, cv2.LINE_8, 4)
-
-    def flat(self, pid: int, xs: Sequence[float], ys: Sequence[float], z: float) -> None:
-        """A polygon in the vertical plane z = const (facing the camera)."""
-        self.poly(pid, [(x, y, z) for x, y in zip(xs, ys, strict=True)])
-
-    def ground(self, pid: int, x0: float, x1: float, z0: float, z1: float) -> None:
-        self.poly(pid, ((x0, 0.0, z0), (x1, 0.0, z0), (x1, 0.0, z1), (x0, 0.0, z1)))
-
-    def side(self, pid: int, x: float, y0: float, y1: float, z0: float, z1: float) -> None:
-        """A rectangle in the vertical plane x = const (parallel to the street)."""
-        self.poly(pid, ((x, y0, z0), (x, y1, z0), (x, y1, z1), (x, y0, z1)))
-
-    def front(self, pid: int, x0: float, x1: float, y0: float, y1: float, z: float) -> None:
-        """A rectangle in the vertical plane z = const (facing the camera)."""
-        self.poly(pid, ((x0, y0, z), (x1, y0, z), (x1, y1, z), (x0, y1, z)))
-
-    def disc(self, pid: int, x: float, y: float, z: float, r: float, *, ring: float = 0.0) -> None:
-        z = max(z, 0.3)
-        thick = -1 if ring <= 0 else max(1, round(self.f * ring / z))
-        cv2.circle(self.parts, self.pt(x, y, z), round(16 * self.f * r / z), pid, thick, cv2.LINE_8, 4)
-
-    def stroke(self, pid: int, a: tuple[float, float], b: tuple[float, float], z: float, width: float) -> None:
-        """A thick segment between (x, y) points a and b in the plane z = const."""
-        thick = max(1, round(self.f * width / max(z, 0.3)))
-        cv2.line(self.parts, self.pt(a[0], a[1], z), self.pt(b[0], b[1], z), pid, thick, cv2.LINE_8, 4)
-
-    def box(
-        self,
-        color: Color,
-        label: int,
-        x0: float,
-        x1: float,
-        y0: float,
-        y1: float,
-        z0: float,
-        z1: float,
-        *,
-        front: Color | None = None,
-    ) -> tuple[int, int]:
-        """The visible faces of an axis-aligned box (side, top, then front) -> (side part, front part)."""
-        side_pid = front_pid = 0
-        if x1 < 0 or x0 > 0:
-            xs = x1 if x1 < 0 else x0
-            side_pid = self.part(label, color, abs(xs), jitter=0.02, facing=FACE_LEFT if x1 < 0 else FACE_RIGHT, kind=2)
-            self.side(side_pid, xs, y0, y1, z0, z1)
-        if y1 < self.cam_h:
-            top = self.part(label, color, z0, jitter=0.02, facing=FACE_UP)
-            self.poly(top, ((x0, y1, z0), (x1, y1, z0), (x1, y1, z1), (x0, y1, z1)))
-        front_pid = self.part(label, front or color, z0, jitter=0.02)
-        self.front(front_pid, x0, x1, y0, y1, z0)
-        return side_pid, front_pid
-
-    def choice(self, options: Sequence[Color]) -> Color:
-        return options[int(self.rng.integers(len(options)))]
 
 
 @dataclass
@@ -192,13 +60,16 @@ class Street:
     parking: tuple[bool, bool]  # parked cars along the left, right curb
 
     def edge(self, side: int) -> float:
+        """Distance of the road edge on `side` (-1 left, 1 right) from the camera axis, positive."""
         return -self.xl if side < 0 else self.xr
 
     def in_cross(self, z0: float, z1: float) -> bool:
+        """Whether the stretch z0..z1 overlaps the side street (or the 1.5 m before it)."""
         return self.cross is not None and z1 > self.cross[0] - 1.5 and z0 < self.cross[0] + self.cross[1]
 
 
 def lay_street(s: Scene) -> Street:
+    """Draw the street's cross-section and its whole ground (terrain, sidewalks, road, curbs, markings) -> Street."""
     rng = s.rng
     n = int(rng.integers(2, 5))
     lane_w = rng.uniform(3.0, 3.6)
@@ -265,6 +136,7 @@ def lay_street(s: Scene) -> Street:
 
 
 def background(s: Scene) -> None:
+    """Queue a distant skyline closing the street and a distant line of trees (each present at random)."""
     rng = s.rng
     if rng.random() < 0.8:  # a distant skyline closing the street
         zb = rng.uniform(250, 450)
@@ -282,6 +154,7 @@ def background(s: Scene) -> None:
 
 
 def _draw_facade(s: Scene, side: int, d: float, z0: float, z1: float, height: float, color: Color) -> None:
+    """A building front along the street at lateral distance d, with its cornice, windows and shop fronts."""
     rng = s.rng
     face = FACE_LEFT if side < 0 else FACE_RIGHT
     x = side * d
@@ -313,6 +186,7 @@ def _draw_facade(s: Scene, side: int, d: float, z0: float, z1: float, height: fl
 
 
 def _building(s: Scene, side: int, d: float, z0: float, z1: float, key: float) -> None:
+    """Queue a building from z0 to z1 (drawn at depth key) and its end wall facing the camera."""
     color, height = s.choice(_FACADES), float(s.rng.uniform(7, 30))
     s.later(key, _draw_facade, side, d, z0, z1, height, color)
     if z0 > 1.5:  # the end wall facing the camera, seen where the street front steps back or a street crosses
@@ -321,6 +195,7 @@ def _building(s: Scene, side: int, d: float, z0: float, z1: float, key: float) -
 
 
 def _tree(s: Scene, x: float, z: float, key: float | None = None) -> None:
+    """Queue a tree (trunk and a few crown discs) at (x, z), drawn at depth `key` (default z)."""
     rng = s.rng
     trunk_h, r = rng.uniform(1.8, 3.5), rng.uniform(1.3, 2.8)
     s.later(key or z, Scene.front, s.part(_VEG, (0.33, 0.25, 0.17), z), x - 0.14, x + 0.14, 0.0, trunk_h + r, z)
@@ -416,10 +291,12 @@ def _draw_traffic_light(s: Scene, x: float, y: float, z: float) -> None:
 
 
 def _draw_pole(s: Scene, x: float, z: float, top: float, width: float) -> None:
+    """A grey pole from the ground up to `top` (metres)."""
     s.front(s.part(_POLE, (0.42, 0.44, 0.46), z), x - width / 2, x + width / 2, 0.0, top, z)
 
 
 def _draw_street_light(s: Scene, x: float, z: float, side: int) -> None:
+    """A pole with an arm reaching over the road and a lamp (which glows at night) at its tip."""
     top = s.rng.uniform(6.5, 9.0)
     _draw_pole(s, x, z, top, 0.18)
     tip = x - side * 1.5
@@ -428,6 +305,7 @@ def _draw_street_light(s: Scene, x: float, z: float, side: int) -> None:
 
 
 def _draw_sign(s: Scene, x: float, z: float) -> None:
+    """A traffic sign on a thin pole: round, warning triangle, information rectangle or priority diamond."""
     rng = s.rng
     top = rng.uniform(1.9, 2.6)
     _draw_pole(s, x, z, top, 0.08)
@@ -447,6 +325,7 @@ def _draw_sign(s: Scene, x: float, z: float) -> None:
 
 
 def furniture(s: Scene, st: Street) -> None:
+    """Queue street lights and curb trees on both sides, traffic lights at the corner or crossing, and signs."""
     rng = s.rng
     for side in (-1, 1):
         x = side * (st.edge(side) + 0.5)
