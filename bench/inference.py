@@ -74,12 +74,12 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_ppar() -> Any:
     import torch
 
-    from ppar_core.config import ModelConfig
-    from ppar_core.modeling.segmentor import build_segmentor, resolve_model_config
+    from ppar_core.modeling.segmentor import ModelConfig, build_segmentor, resolve_model_config
+    from ppar_core.prototypes import Prototypes
 
     torch.manual_seed(0)
     cfg = resolve_model_config(ModelConfig(preset="vit-b16", pretrained=None))
-    model, _ = build_segmentor(cfg, otp=torch.randn(19, 512), pretrained=None)
+    model = build_segmentor(cfg, prototypes=Prototypes(otp=torch.randn(19, 512)), load_weights=False)
     return model.eval(), cfg
 
 

@@ -6,9 +6,10 @@
 
 What is compared, on the same batch (synthetic street scenes and their labels), in the same process:
 
-- `ppar`: one optimizer step exactly as `ppar_core.engine.train` runs it: forward through `PPARSegmentor`, logits
-  upsampled to the labels, `ppar_loss` with the default `LossConfig` at `--progress`, backward, gradient clipping,
-  the AdamW step of `build_optimizer`, and the reliability-statistics update.
+- `ppar`: one optimizer step by the trainer's own `ppar_core.engine.step.train_step`: uint8 crops normalised on the
+  device, forward through `PPARSegmentor`, logits upsampled to the labels, `ppar_loss` with the default `LossConfig`
+  at `--progress`, backward, gradient clipping, the AdamW step of `build_optimizer`, the VTP memory and the
+  reliability-statistics update.
 - `bare`: `open_clip.create_model("ViT-B-16", force_image_size=512).visual` forward, a scalar loss (mean square of
   the pooled embedding), backward; no optimizer. The floor any CLIP-finetuning method pays.
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import os
 import sys
 import tempfile
@@ -69,7 +69,7 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--image-size", type=int, default=512, help="square input side (a multiple of the patch size)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast for both forwards (CUDA; as training does)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for both forwards on CUDA, as training does")
     p.add_argument("--preset", default="vit-b16", help="ppar model preset; `tiny` for a quick dry run")
     # 0.4, not 0.5: with the default align_ramp 0.5, beta reaches 1 at progress 0.5 and the L_nce(Z, VTP) term is
     # skipped; at 0.4 every term runs (beta 0.8, q 0.86, reliability weights fully ramped in).
@@ -88,18 +88,18 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_batch(args: argparse.Namespace, device: Any) -> tuple[Any, Any]:
-    """Synthetic street scenes -> images (B,3,S,S) float32 CLIP-normalised, labels (B,S,S) int64, on `device`."""
+    """Synthetic street scenes -> pixels (B,3,S,S) uint8 and labels (B,S,S) uint8 on `device`, as the trainer's
+    DataLoader delivers them (the step normalises on the device)."""
     import numpy as np
     import torch
 
     from ppar_core.data.synth import make_sample
-    from ppar_core.data.transforms import to_clip_tensor_layout
 
     size = (args.image_size, args.image_size)
     samples = [make_sample("synth-source", i, size=size, seed=0) for i in range(args.batch_size)]
-    images = np.stack([to_clip_tensor_layout(img) for img, _ in samples])
-    labels = np.stack([lab.astype(np.int64) for _, lab in samples])
-    return torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
+    pixels = np.stack([img.transpose(2, 0, 1) for img, _ in samples])
+    labels = np.stack([lab for _, lab in samples])
+    return torch.from_numpy(pixels).to(device), torch.from_numpy(labels).to(device)
 
 
 def vit_forward_flops(visual: Any, image_size: int, batch: int, *, dense_proj: bool) -> float:
@@ -135,20 +135,25 @@ def _counted_flops(fn: Callable[[], object]) -> float:
 
 def build_workloads(args: argparse.Namespace, device: Any, images: Any, labels: Any, only: str | None = None) -> list:
     """The `bare` and `ppar` steps on the given batch (or only one of them). Training FLOPs = 3 x forward."""
+    import itertools
+    from pathlib import Path
+
     import open_clip
     import torch
-    import torch.nn.functional as F
 
     from ppar_core.clip.presets import get_preset
-    from ppar_core.config import ModelConfig, OptimConfig
+    from ppar_core.config import OptimConfig, TrainConfig
+    from ppar_core.engine.distributed import DistContext
     from ppar_core.engine.optim import build_optimizer
-    from ppar_core.losses import LossConfig, ppar_loss
-    from ppar_core.modeling.segmentor import build_segmentor
-    from ppar_core.reliability import update_weight_stats
+    from ppar_core.engine.step import train_step
+    from ppar_core.modeling.segmentor import ModelConfig, build_segmentor
+    from ppar_core.normalize import normalize
+    from ppar_core.prototypes import Prototypes
 
     preset = get_preset(args.preset)
-    # bf16 autocast on the benchmark's own device (on a CPU only to dry-run the GPU path: bf16 is slow there).
-    amp_ctx = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if args.amp else _null_ctx
+    # bf16 autocast on CUDA with --amp, as the trainer's own step does there (it never autocasts on the CPU).
+    cuda = torch.device(device).type == "cuda"
+    amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if args.amp and cuda else _null_ctx
     workloads: list[Workload] = []
     torch.manual_seed(0)
 
@@ -167,7 +172,7 @@ def build_workloads(args: argparse.Namespace, device: Any, images: Any, labels: 
 
         def bare_step() -> None:
             with amp_ctx():
-                pooled = bare(images)
+                pooled = bare(normalize(images))
             pooled.float().square().mean().backward()
             for p in bare.parameters():  # as optimizer.zero_grad(set_to_none=True) would
                 p.grad = None
@@ -177,38 +182,27 @@ def build_workloads(args: argparse.Namespace, device: Any, images: Any, labels: 
 
     if only in (None, "ppar"):
         model_cfg = ModelConfig(preset=args.preset, pretrained=None, quick_gelu=False)
-        model, _ = build_segmentor(model_cfg, otp=torch.randn(19, preset.embed_dim))
-        model.to(device).train()
-        optim_cfg = OptimConfig()
-        optimizer = build_optimizer(model, optim_cfg, backbone_lr_mult=model_cfg.backbone_lr_mult)
-        loss_cfg = LossConfig()
-        progress = args.progress
+        protos = Prototypes(otp=torch.randn(19, preset.embed_dim))
+        model = build_segmentor(model_cfg, prototypes=protos, load_weights=False).to(device).train()
+        cfg = TrainConfig(model=model_cfg, optim=OptimConfig(), iters=1000, batch_size=args.batch_size)
+        optimizer = build_optimizer(model, cfg.optim, backbone_lr_mult=model_cfg.backbone_lr_mult)
+        dist = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device(device), enabled=False)
+        batches = itertools.repeat((images, labels, [""] * args.batch_size))
+        step_index = int(args.progress * cfg.iters)
 
         def ppar_step() -> None:
-            # Mirrors ppar_core.engine.train._train_step (one micro-batch): keep the two in step.
-            with amp_ctx():
-                output = model(images)
-            logits = F.interpolate(output.logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            terms = ppar_loss(
-                logits, labels, output.dense.float(), model.otp, output.vtp.float(), cfg=loss_cfg, progress=progress
-            )
-            terms.total.backward()
-            terms.as_floats()  # the trainer logs every step: one host sync per term
-            params = [p for p in model.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip or math.inf)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            small = F.interpolate(labels[:, None].float(), size=output.dense.shape[-2:], mode="nearest")[:, 0]
-            model.vtp.update(output.dense.detach().float(), small.long(), ignore_index=loss_cfg.ignore_index)
-            if terms.weights is not None:
-                update_weight_stats(*model.weight_stats(), terms.weights, labels, w_max=loss_cfg.w_max)
+            # The trainer's own step (ppar_core.engine.step): normalisation on the device, forward, loss, backward,
+            # clipping, AdamW, VTP memory and reliability statistics, and its logging syncs.
+            train_step(model, model, optimizer, batches, cfg, step_index, dist, checkpoint=Path("unused"))
+
+        normalised = normalize(images)
 
         def head_forward() -> None:
-            enc = model.encoder(images)
+            enc = model.encoder(normalised)
             model.classifier(model.head(enc.features), model.vtp(model.otp, enc.dense, enc.global_embedding))
 
         encoder_flops = vit_forward_flops(model.encoder.visual, args.image_size, args.batch_size, dense_proj=True)
-        encoder_counted = _counted_flops(lambda: model.encoder(images))
+        encoder_counted = _counted_flops(lambda: model.encoder(normalised))
         flops = 3 * (encoder_flops + _counted_flops(head_forward) - encoder_counted)
         workloads.append(Workload("ppar", ppar_step, flops))
     return workloads
@@ -291,7 +285,7 @@ def run_step_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             work.step()
     times = alternating_times({w.name: w.step for w in workloads}, repeats=args.repeats, device=device)
     results: dict[str, Any] = {"machine": machine_info(device), "config": vars(args).copy(), "workloads": {}}
-    peak_mm = None if args.no_mfu else matmul_flops_per_s(device, amp=args.amp)
+    peak_mm = None if args.no_mfu else matmul_flops_per_s(device, amp=args.amp and device.type == "cuda")
     results["matmul_flops_per_s"] = peak_mm
     for work in workloads:
         median = times[work.name].median_s
@@ -342,7 +336,7 @@ def run_data_pipeline(args: argparse.Namespace) -> dict[str, Any]:
             next(batches)
         start = time.perf_counter()
         for _ in range(args.data_batches):
-            images, _labels = next(batches)
+            images, _labels, _bad = next(batches)
         elapsed = time.perf_counter() - start
         del batches, loader
     return {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,7 +12,7 @@ from ppar_cli.options import DataRootOption, DeviceOption, JsonOption, console, 
 from ppar_cli.render import progress_bars
 
 if TYPE_CHECKING:
-    from ppar_core.analysis.weights import WeightReport
+    from ppar_core.analysis.report import WeightReport
 
 HELP = """Show the reliability weights of a PPAR run, per class: mean, histogram, share below 0.5 and above 2.
 
@@ -68,8 +67,7 @@ def command(
     outs = {key: out if (out is None or compare is None) else out / key for key in runs}
     for key, path in runs.items():
         with progress_bars(enabled=spec is not None) as bars:
-            on_image = functools.partial(bars, f"weights {key} {path.name}")
-            reports[key] = analyze_weights(path, config=config, out=outs[key], on_image=on_image)
+            reports[key] = analyze_weights(path, config=config, out=outs[key], progress=bars)
     if as_json:
         if compare is None:
             print_json(reports["A"].to_dict())

@@ -79,7 +79,7 @@ def check(
         dataset = f"{dataset}={root}"
     ds = build_dataset(dataset, split=split, data_root=data_root, mapillary_map=mapillary_map, id_map=id_map)
     with progress_bars() as bars:
-        report = check_dataset(ds, limit=limit, progress=lambda done, total: bars(f"checking {ds.name}", done, total))
+        report = check_dataset(ds, limit=limit, progress=bars)
     if json_out:
         print_json(report.to_json())
     else:
@@ -111,10 +111,6 @@ def synth(
     extra = load_style_file(style_file) if style_file is not None else {}
     chosen = [d.strip() for d in domains.split(",") if d.strip()] if domains else [*DEFAULT_DOMAINS, *extra]
     with progress_bars() as bars:
-
-        def advance(done: int, total: int) -> None:
-            bars("writing synthetic domains", done, total)
-
         folders = write_domains(
             out,
             domains=chosen,
@@ -122,7 +118,7 @@ def synth(
             size=parse_size(size),
             seed=seed,
             styles={**BUILTIN_STYLES, **extra},
-            progress=advance,
+            progress=bars,
         )
     if json_out:
         print_json({"out": str(out), "domains": {k: str(v) for k, v in folders.items()}, "num": num, "seed": seed})

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ppar_cli.options import console, err_console
-from ppar_cli.render import miou_table, setup_logging, training_progress
+from ppar_cli.render import report_table, setup_logging, training_progress
 
 HELP = """Run the built-in demo: make the synthetic domains, build `tiny` prototypes, train PPAR on synth-source,
 evaluate on synth-real, synth-night and synth-fog, write overlays and print the table.
@@ -44,8 +44,8 @@ def command(
         on_stage=lambda message: err_console.print(f"[bold cyan]==>[/bold cyan] {message}"),
         make_progress=lambda cfg: training_progress(cfg.iters),
     )
-    runs = {method: run.metrics for method, run in result.runs.items()}
-    console.print(miou_table(runs, title="Synthetic-domain generalisation, mIoU (%), trained on synth-source"))
+    runs = {method: run.report for method, run in result.runs.items()}
+    console.print(report_table(runs, title="Synthetic-domain generalisation, mIoU (%), trained on synth-source"))
     for method, run in result.runs.items():
         console.print(f"{method}: {run.checkpoint}")
     console.print(f"Overlays: {out / 'overlays'} ({len(result.overlays)} images)")

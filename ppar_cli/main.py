@@ -29,6 +29,7 @@ app.add_typer(models.app, name="models")
 app.command("train", help=train.HELP)(train.command)
 app.command("demo", help=demo.HELP)(demo.command)
 app.command("eval", help=evaluate.HELP)(evaluate.command)
+app.command("eval-predictions", help=evaluate.PREDICTIONS_HELP)(evaluate.predictions_command)
 app.command("predict", help=predict.HELP)(predict.command)
 app.command("analyze-weights", help=analyze.HELP)(analyze.command)
 

@@ -27,6 +27,7 @@ DataRootOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of tables.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 
 
 def print_json(obj: Any) -> None:

@@ -52,10 +52,7 @@ def command(
     changes: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     predictor = Predictor.from_checkpoint(checkpoint, device=device, **changes)
     with progress_bars() as bars:
-        summary = predict_files(
-            predictor, items, out, formats=chosen, alpha=alpha,
-            progress=lambda done, total, _path: bars("predict", done, total),
-        )  # fmt: skip
+        summary = predict_files(predictor, items, out, formats=chosen, alpha=alpha, progress=bars)
     classes: list[dict[str, Any]] = [
         {"class": CLASS_NAMES[k], "pixels": int(summary.class_pixels[k]), "images": int(summary.class_images[k])}
         for k in range(len(CLASS_NAMES))

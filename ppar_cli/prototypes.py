@@ -23,16 +23,13 @@ app = typer.Typer(help="Class prototypes: build them with CLIP, inspect a protot
 
 def _summary(protos: Prototypes) -> dict[str, Any]:
     """JSON-ready view of a prototypes file: classes, dims, metadata, and each class's nearest other class."""
-    import torch.nn.functional as F
+    from ppar_core.prototypes import nearest_classes
 
-    otp = F.normalize(protos.otp.float(), dim=-1)
-    cosine = otp @ otp.t()
-    cosine.fill_diagonal_(-2.0)  # never pick the class itself
     names = protos.class_names
-    nearest = {}
-    for k, name in enumerate(names):
-        other = int(cosine[k].argmax()) if len(names) > 1 else k
-        nearest[name] = [names[other], round(float(cosine[k, other]), 4) if other != k else None]
+    nearest = {
+        name: [other, None if cosine is None else round(cosine, 4)]
+        for name, (other, cosine) in nearest_classes(protos).items()
+    }
     counts = protos.visual_counts.tolist() if protos.visual_counts is not None else None
     return {
         "classes": names,
@@ -98,10 +95,6 @@ def build(
     weights = get_preset(model).default_pretrained if pretrained is None else pretrained
     weights = None if weights is not None and weights.lower() == "none" else weights
     with progress_bars(enabled=bool(data)) as bars:
-
-        def progress(done: int, total: int, _name: str) -> None:
-            bars("visual prototypes", done, total)
-
         protos = build_prototypes(
             model,
             pretrained=weights,
@@ -112,7 +105,7 @@ def build(
             data_root=data_root,
             max_images=max_images,
             synonyms=synonyms,
-            progress=progress,
+            progress=bars,
         )
     path = save_prototypes(out, protos)
     if json_out:

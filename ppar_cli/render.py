@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ppar_cli.options import err_console
+from ppar_core.progress import ProgressFn
 
 
 def setup_logging() -> None:
@@ -55,11 +56,11 @@ class TrainingProgress:
         )
         self.progress.update(self.task, completed=record["step"], info=info)
 
-    def on_eval(self, target: str, done: int, total: int) -> None:
+    def on_eval(self, task: str, done: int, total: int) -> None:
         self._start()
         if self.eval_task is None:
-            self.eval_task = self.progress.add_task("eval", total=total, info=target)
-        self.progress.update(self.eval_task, completed=done, total=total, info=f"eval {target}")
+            self.eval_task = self.progress.add_task("eval", total=total, info=task)
+        self.progress.update(self.eval_task, completed=done, total=total, info=task)
         if done >= total:
             self.progress.remove_task(self.eval_task)
             self.eval_task = None
@@ -86,26 +87,23 @@ def training_progress(total: int) -> Iterator[TrainingProgress]:
             progress.stop()
 
 
-def miou_table(runs: Mapping[str, Mapping[str, Any]], *, title: str) -> Table:
-    """One row per target plus their mean, one column per run (e.g. ppar vs erm). Values: SegMetrics.miou."""
+def report_table(reports: Mapping[str, Mapping[str, Any] | None], *, title: str) -> Table:
+    """mIoU per target (ACDC conditions as indented sub-rows) and the mean over targets, one column per run (e.g.
+    ppar vs erm). Every number comes from the evaluation reports (`ppar_core.evaluation.report`)."""
     table = Table(title=title)
     table.add_column("target")
-    for name in runs:
+    for name in reports:
         table.add_column(name, justify="right")
-    targets: list[str] = []
-    for results in runs.values():
-        targets += [t for t in results if t not in targets]
-    for target in targets:
-        table.add_row(target, *(_fmt(getattr(r.get(target), "miou", None)) for r in runs.values()))
-    means = []
-    for results in runs.values():
-        values = [m.miou for m in results.values()]
-        means.append(sum(values) / len(values) if values else None)
-    table.add_row("[bold]mean[/bold]", *(f"[bold]{_fmt(m)}[/bold]" for m in means))
+    rows: dict[str, list[str | None]] = {}
+    for column, report in enumerate(reports.values()):
+        for target, entry in (report or {}).get("targets", {}).items():
+            cells = [(target, entry), *((f"  {c}", sub) for c, sub in entry.get("conditions", {}).items())]
+            for row, item in cells:
+                rows.setdefault(row, [None] * len(reports))[column] = _fmt(item["miou"])
+    for row, values in rows.items():
+        table.add_row(row, *(v or "-" for v in values))
+    table.add_row("[bold]mean[/bold]", *(f"[bold]{_fmt((r or {}).get('mean_miou'))}[/bold]" for r in reports.values()))
     return table
-
-
-ProgressFn = Callable[[str, int, int], None]
 
 
 @contextmanager

@@ -8,7 +8,32 @@ from typing import Annotated, Any
 import typer
 
 from ppar_cli.options import DataRootOption, console, err_console
-from ppar_cli.render import miou_table, setup_logging, training_progress
+from ppar_cli.render import report_table, setup_logging, training_progress
+
+# Flag -> the dotted config field it sets. `--crop N` sets both crop sides.
+FLAG_FIELDS: dict[str, str] = {
+    "source": "data.source",
+    "targets": "data.targets",
+    "data_root": "data.data_root",
+    "model": "model.preset",
+    "pretrained": "model.pretrained",
+    "prototypes": "model.prototypes",
+    "freeze_backbone": "model.freeze_backbone",
+    "method": "loss.method",
+    "vtp": "model.vtp.kind",
+    "align": "loss.align",
+    "reweight": "loss.reweight",
+    "iters": "iters",
+    "batch_size": "batch_size",
+    "crop": "data.augment.crop_size",
+    "out": "out",
+    "device": "device",
+    "seed": "seed",
+    "checkpoint_every": "checkpoint_every",
+    "eval_every": "eval_every",
+    "log_every": "log_every",
+    "workers": "data.workers",
+}
 
 HELP = """Train on a source domain; evaluate on target domains it never sees.
 
@@ -59,7 +84,8 @@ def command(
         "batch_size": batch_size, "crop": crop, "out": str(out) if out else None, "device": device, "seed": seed,
         "checkpoint_every": checkpoint_every, "eval_every": eval_every, "log_every": log_every, "workers": workers,
     }  # fmt: skip
-    cfg = resolve_config(preset=preset, config_file=config, flags=flags, overrides=overrides or [])
+    fields = {FLAG_FIELDS[name]: [v, v] if name == "crop" and v is not None else v for name, v in flags.items()}
+    cfg = resolve_config(preset=preset, config_file=config, fields=fields, overrides=overrides or [])
     setup_logging()
     with training_progress(cfg.iters) as progress:
         result = train(cfg, resume=resume, on_log=progress.on_log, on_eval_progress=progress.on_eval)
@@ -70,5 +96,6 @@ def command(
         )
         raise typer.Exit(130)
     console.print(f"Checkpoint: {result.checkpoint} (step {result.step})")
-    if result.metrics:
-        console.print(miou_table({cfg.loss.method: result.metrics}, title=f"mIoU (%) at step {result.step}"))
+    if result.report is not None:
+        console.print(report_table({cfg.loss.method: result.report}, title=f"mIoU (%) at step {result.step}"))
+        console.print(f"Report: {result.out_dir / 'eval.json'}")

@@ -4,8 +4,8 @@ A run is fully described by one `TrainConfig`. It is built from a preset, a TOML
 overrides, in that order; every step is type-checked, and an unknown key is an error that names it. The resolved
 config is written to `config.json` in the run folder and into every checkpoint.
 
-The sub-configs live beside the code they configure (`HeadConfig`, `VTPConfig`, `LossConfig`, `TrainAugment`,
-`InferenceConfig`); this module only composes them.
+The sub-configs live beside the code they configure (`ModelConfig` with `build_segmentor`, `HeadConfig`, `VTPConfig`,
+`LossConfig`, `TrainAugment`, `InferenceConfig`); this module only composes them.
 """
 
 from __future__ import annotations
@@ -21,28 +21,14 @@ from typing import Any, TypeVar
 import tomllib
 
 from ppar_core.data.transforms import TrainAugment
-from ppar_core.inference import InferenceConfig
 from ppar_core.errors import PparError
+from ppar_core.inference import InferenceConfig
 from ppar_core.losses import LossConfig
 from ppar_core.modeling.decode_head import HeadConfig
+from ppar_core.modeling.segmentor import ModelConfig
 from ppar_core.modeling.vtp import VTPConfig
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    preset: str = "vit-b16"  # a key of ppar_core.clip.presets.CLIP_PRESETS
-    # "default" = the preset's own weights (openai for the CLIP presets, random for tiny), an open_clip tag, a local
-    # weights file, or None / "none" for random initialisation. Resolved when a run starts.
-    pretrained: str | None = "default"
-    quick_gelu: bool | None = None  # the tower's activation; None = as the weights require (resolved at start)
-    prototypes: str | None = None  # a prototypes file (`ppar prototypes build`); None = built from the text tower
-    templates: str = "street"  # template set or file, used only when the prototypes are built at start
-    freeze_backbone: bool = False  # True: the CLIP image tower gets no gradient at all
-    backbone_lr_mult: float = 0.1  # learning-rate multiplier of the CLIP image tower
-    head: HeadConfig = field(default_factory=HeadConfig)
-    vtp: VTPConfig = field(default_factory=VTPConfig)
 
 
 @dataclass(frozen=True)
@@ -89,26 +75,33 @@ class TrainConfig:
     log_every: int = 50  # steps between lines of metrics.jsonl
 
     def validate(self) -> TrainConfig:
-        """Check cross-field constraints; returns self so it chains. Raises PparError naming the field."""
-        positive = {"iters": self.iters, "batch_size": self.batch_size, "optim.accum_steps": self.optim.accum_steps}
+        """Check every field and the cross-field constraints; returns self so it chains.
+
+        Raises PparError naming the field (and the flag that sets it, where there is one), before anything is
+        created on disk.
+        """
+        positive = {
+            "iters": self.iters,
+            "batch_size": self.batch_size,
+            "log_every": self.log_every,
+            "optim.accum_steps": self.optim.accum_steps,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise PparError(f"Config field {name} must be at least 1, got {value}.")
         for name, value in {
             "checkpoint_every": self.checkpoint_every,
             "eval_every": self.eval_every,
-            "log_every": self.log_every,
             "optim.warmup_iters": self.optim.warmup_iters,
             "data.workers": self.data.workers,
         }.items():
             if value < 0:
                 raise PparError(f"Config field {name} must not be negative, got {value}.")
+        if self.data.eval_max_images is not None and self.data.eval_max_images < 1:
+            raise PparError(f"Config field data.eval_max_images must be at least 1, got {self.data.eval_max_images}.")
         if self.optim.lr <= 0:
             raise PparError(f"Config field optim.lr must be positive, got {self.optim.lr}.")
-        if self.model.backbone_lr_mult < 0:
-            mult = self.model.backbone_lr_mult
-            raise PparError(f"Config field model.backbone_lr_mult must not be negative, got {mult}.")
-        for sub in (self.loss, self.model.head, self.model.vtp, self.eval):
+        for sub in (self.model, self.data.augment, self.loss, self.eval):
             sub.validate()
         return self
 
@@ -132,14 +125,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except PparError as exc:
-                errors.append(str(exc))
+            except PparError:
+                continue
         raise PparError(f"Config key {key!r} expects {_type_name(tp)}, got {value!r}.")
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -315,47 +307,21 @@ def get_train_preset(name: str) -> TrainConfig:
     return TRAIN_PRESETS[name]
 
 
-# CLI flag -> dotted config field. `ppar train --crop N` sets both crop sides.
-FLAG_FIELDS: dict[str, str] = {
-    "source": "data.source",
-    "targets": "data.targets",
-    "data_root": "data.data_root",
-    "model": "model.preset",
-    "pretrained": "model.pretrained",
-    "prototypes": "model.prototypes",
-    "freeze_backbone": "model.freeze_backbone",
-    "method": "loss.method",
-    "vtp": "model.vtp.kind",
-    "align": "loss.align",
-    "reweight": "loss.reweight",
-    "iters": "iters",
-    "batch_size": "batch_size",
-    "crop": "data.augment.crop_size",
-    "out": "out",
-    "device": "device",
-    "seed": "seed",
-    "checkpoint_every": "checkpoint_every",
-    "eval_every": "eval_every",
-    "log_every": "log_every",
-    "workers": "data.workers",
-}
-
-
 def resolve_config(
     *,
     preset: str | None = None,
     config_file: Path | None = None,
-    flags: dict[str, Any] | None = None,
+    fields: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
 ) -> TrainConfig:
-    """preset (or defaults) < TOML file < CLI flags (None = not given) < `--set` overrides; validated."""
+    """preset (or defaults) < TOML file < `fields` (dotted name -> value; None = not given) < `--set` overrides;
+    validated."""
     cfg = get_train_preset(preset) if preset else TrainConfig()
     if config_file is not None:
         cfg = load_toml(config_file, base=cfg)
     nested: dict[str, Any] = {}
-    for name, value in (flags or {}).items():
-        if value is None:
-            continue
-        _set_dotted(nested, FLAG_FIELDS[name], [value, value] if name == "crop" else value)
+    for name, value in (fields or {}).items():
+        if value is not None:
+            _set_dotted(nested, name, value)
     cfg = merge(cfg, nested)
     return apply_overrides(cfg, overrides or []).validate()

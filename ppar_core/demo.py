@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ppar_core.config import TrainConfig, get_train_preset, merge
+from ppar_core.data import build_dataset
+from ppar_core.data.synth import write_domains
 from ppar_core.engine.train import TrainResult, train
+from ppar_core.predict import Predictor
+from ppar_core.progress import ProgressFn
+from ppar_core.prototypes import build_prototypes, save_prototypes
+from ppar_core.visualize import overlay, overlay_with_legend
 
 log = logging.getLogger("ppar.demo")
 
@@ -32,10 +39,8 @@ class DemoResult:
     overlays: list[Path] = field(default_factory=list)
 
 
-def ensure_synthetic_data(root: Path, *, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> Path:
+def ensure_synthetic_data(root: Path, *, seed: int = 0, progress: ProgressFn | None = None) -> Path:
     """Generate the four synthetic domains under `root` unless a complete set is already there."""
-    from ppar_core.data.synth import write_domains
-
     wanted = {"synth-source": DEMO_SOURCE_IMAGES, **{d: DEMO_TARGET_IMAGES for d in TARGET_DOMAINS}}
     for domain, num in wanted.items():
         labels = root / domain / "labels"
@@ -48,8 +53,6 @@ def ensure_synthetic_data(root: Path, *, seed: int = 0, progress: Callable[[int,
 
 def ensure_prototypes(path: Path) -> Path:
     """Build the `tiny` text prototypes (random text tower, street templates) unless the file exists."""
-    from ppar_core.prototypes import build_prototypes, save_prototypes
-
     if not path.exists():
         protos = build_prototypes("tiny", pretrained=None, label_space="cityscapes", templates="street", device="cpu")
         save_prototypes(path, protos)
@@ -75,12 +78,6 @@ def write_overlays(
 ) -> list[Path]:
     """Predict a few images of each target and write `<name>.png` panels: the image and its ground truth on top,
     the prediction with a legend of the classes it found below."""
-    import cv2
-
-    from ppar_core.data import build_dataset
-    from ppar_core.predict import Predictor
-    from ppar_core.visualize import overlay, overlay_with_legend
-
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     out.mkdir(parents=True, exist_ok=True)
     written = []

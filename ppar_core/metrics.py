@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -109,7 +109,9 @@ class SegMetrics:
     per_class_iou: K entries indexed by trainId (None where the IoU is undefined, or the class is outside
     `class_ids`); miou: mean over `class_ids` of the defined IoUs (NaN if none is defined); acc: pixel accuracy;
     macc: mean class accuracy over `class_ids` present in the ground truth; images: how many images were counted;
-    class_ids: the classes the mean is taken over (None = all K).
+    class_ids: the classes the mean is taken over (None = all K); confusion: the (K,K) int64 matrix (CPU) the
+    figures come from, or (K+1,K+1) with a last "no class" prediction column, so results can be pooled by summing;
+    skipped: names of the samples left out because they could not be read (evaluation with `data.skip_bad`).
     """
 
     per_class_iou: list[float | None]
@@ -118,6 +120,9 @@ class SegMetrics:
     macc: float
     images: int
     class_ids: tuple[int, ...] | None = None
+    # Where the figures come from, not what they are: left out of equality.
+    confusion: Tensor | None = field(default=None, repr=False, compare=False)
+    skipped: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict:
         """The JSON shape of `ppar eval --json` for one target (issue 5): NaN becomes null, IoU in percent.
@@ -145,32 +150,51 @@ def _finite_or_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def metrics_from_confusion(cm: Tensor, *, classes: Sequence[int] | None = None, images: int = 0) -> SegMetrics:
-    """Summarise a (K,K) confusion matrix into `SegMetrics` (percent), averaging over `classes` (default all)."""
+def metrics_from_confusion(
+    cm: Tensor,
+    *,
+    classes: Sequence[int] | None = None,
+    images: int = 0,
+    num_classes: int | None = None,
+    skipped: Sequence[str] = (),
+) -> SegMetrics:
+    """Summarise a confusion matrix into `SegMetrics` (percent), averaging over `classes` (default all K).
+
+    cm (M,M) int64 with M = num_classes (default) or num_classes + 1: the extra last row/column counts predictions
+    that are no class at all (a saved labelId prediction such as 0 "unlabeled"). Such pixels are wrong for their
+    ground-truth class (they enter its union and the pixel accuracy) but the "no class" entry is never reported.
+    """
+    k = int(cm.shape[0] if num_classes is None else num_classes)
+    if cm.shape[0] not in (k, k + 1):
+        raise ValueError(f"a confusion matrix of {tuple(cm.shape)} for {k} classes")
+    chosen = tuple(range(k)) if classes is None else tuple(int(c) for c in classes)
     iou = iou_from_confusion(cm).cpu()
-    keep = set(range(cm.shape[0]) if classes is None else classes)
-    per_class = [_percent_or_none(float(v)) if i in keep else None for i, v in enumerate(iou.tolist())]
+    per_class = [_percent_or_none(float(iou[i])) if i in chosen else None for i in range(k)]
     return SegMetrics(
         per_class_iou=per_class,
-        miou=100.0 * mean_iou(cm, classes=classes),
+        miou=100.0 * mean_iou(cm, classes=chosen),
         acc=100.0 * pixel_accuracy(cm),
-        macc=100.0 * mean_class_accuracy(cm, classes=classes),
+        macc=100.0 * mean_class_accuracy(cm, classes=chosen),
         images=int(images),
-        class_ids=None if classes is None else tuple(int(c) for c in classes),
+        class_ids=None if classes is None else chosen,
+        confusion=cm.detach().cpu(),
+        skipped=tuple(skipped),
     )
 
 
-def synthia_metrics(cm: Tensor, *, images: int = 0) -> dict[str, SegMetrics]:
-    """The SYNTHIA protocol: both "mIoU-16" (labels.SYNTHIA16_TRAIN_IDS) and "mIoU-19" from one (19,19) matrix.
-
-    Both share the pixel accuracy; mIoU and mean class accuracy are taken over each class set.
-    """
-    if cm.shape != (labels.NUM_CLASSES, labels.NUM_CLASSES):
-        raise ValueError(f"SYNTHIA metrics need a 19x19 confusion matrix, got {tuple(cm.shape)}")
-    return {
-        "mIoU-16": metrics_from_confusion(cm, classes=labels.SYNTHIA16_TRAIN_IDS, images=images),
-        "mIoU-19": metrics_from_confusion(cm, images=images),
-    }
+def pooled_metrics(parts: Sequence[SegMetrics], *, classes: Sequence[int] | None = None) -> SegMetrics:
+    """One result for several evaluations of the same classes: their confusion matrices summed, their images and
+    skipped samples added up (dataset-level mIoU over the union of the parts, e.g. "ACDC all")."""
+    if not parts or any(p.confusion is None for p in parts):
+        raise ValueError("pooling needs results that carry their confusion matrices")
+    cm = torch.stack([p.confusion for p in parts if p.confusion is not None]).sum(dim=0)
+    return metrics_from_confusion(
+        cm,
+        classes=classes,
+        images=sum(p.images for p in parts),
+        num_classes=len(parts[0].per_class_iou),
+        skipped=[name for p in parts for name in p.skipped],
+    )
 
 
 class ConfusionAccumulator:
@@ -214,6 +238,6 @@ class ConfusionAccumulator:
         self._cm = summed[: k * k].reshape(k, k).to(torch.int64)
         self.images = int(summed[k * k])
 
-    def compute(self, *, classes: Sequence[int] | None = None) -> SegMetrics:
+    def compute(self, *, classes: Sequence[int] | None = None, skipped: Sequence[str] = ()) -> SegMetrics:
         """Metrics (percent) over `classes` (default all K) from everything accumulated so far."""
-        return metrics_from_confusion(self._cm, classes=classes, images=self.images)
+        return metrics_from_confusion(self._cm, classes=classes, images=self.images, skipped=skipped)

@@ -10,8 +10,9 @@ Files: `collect_inputs(["img.png", "street/", "*.jpg"])` then `predict_files(pre
 
 from __future__ import annotations
 
+import glob
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,34 +21,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ppar_core.checkpoint import Checkpoint, load_checkpoint, load_into_module
-from ppar_core.config import TrainConfig, from_dict
-from ppar_core.data.transforms import to_clip_tensor_layout
-from ppar_core.inference import InferenceConfig, infer_logits
+from ppar_core.config import TrainConfig
 from ppar_core.errors import PparError
-from ppar_core.labels import NUM_CLASSES
-from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor
-from ppar_core.runtime import resolve_device
-
-
-def load_segmentor(
-    path: str | Path, *, device: str | torch.device = "cpu"
-) -> tuple[PPARSegmentor, TrainConfig, Checkpoint]:
-    """Rebuild the model a checkpoint was trained as and load its weights (no download, no text tower).
-
-    Returns the model in eval mode on `device`, its resolved training config and the checkpoint record.
-    """
-    checkpoint = load_checkpoint(Path(path))
-    try:
-        cfg = from_dict(TrainConfig, checkpoint.config)
-    except PparError as exc:
-        raise PparError(f"{path} carries a config this version of ppar cannot read ({exc}).") from exc
-    if "otp" not in checkpoint.tensors:
-        raise PparError(f"{path} has no `otp` tensor: it is not a ppar model checkpoint.")
-    model, _ = build_segmentor(cfg.model, otp=checkpoint.tensors["otp"], pretrained=None)
-    load_into_module(model, checkpoint.tensors, source=str(path))
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    return model.to(dev).eval(), cfg, checkpoint
+from ppar_core.imageio import IMAGE_EXTENSIONS, read_user_image, write_png
+from ppar_core.inference import InferenceConfig, infer_logits
+from ppar_core.labels import NUM_CLASSES, TRAINID_TO_LABELID, colorize
+from ppar_core.loading import load_segmentor
+from ppar_core.modeling.segmentor import PPARSegmentor
+from ppar_core.normalize import image_to_tensor
+from ppar_core.progress import ProgressFn
+from ppar_core.visualize import overlay_with_legend
 
 
 class Predictor:
@@ -74,9 +57,7 @@ class Predictor:
 
     def to_tensor(self, image: np.ndarray) -> Tensor:
         """(H,W,3) uint8 RGB -> (1,3,H,W) float32 CLIP-normalised on the model's device."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an (H,W,3) uint8 RGB image, got {image.shape} {image.dtype}")
-        return torch.from_numpy(to_clip_tensor_layout(image))[None].to(self.device)
+        return image_to_tensor(image, device=self.device)
 
     def predict_torch(self, images: Tensor) -> Tensor:
         """images (B,3,H,W) normalised, H and W multiples of the patch size -> logits (B,K,H,W) float32."""
@@ -96,7 +77,7 @@ class Predictor:
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """(H,W,3) uint8 RGB -> (H,W) uint8 trainIds."""
-        return self.predict_logits(image).argmax(0).to(torch.uint8).numpy()
+        return self.predict_logits(image).max(dim=0).indices.to(torch.uint8).numpy()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,8 +103,6 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[PredictInput]:
     appended (`x_jpg`), then a counter (`x_2`). The same file given twice is predicted once. An input that matches
     nothing is a PparError naming it.
     """
-    from ppar_core.imageio import IMAGE_EXTENSIONS
-
     found: list[tuple[Path, str]] = []
     for raw in inputs:
         text = str(raw)
@@ -147,8 +126,6 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[PredictInput]:
 
 
 def _glob(pattern: str) -> list[Path]:
-    import glob
-
     return [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
 
 
@@ -209,9 +186,6 @@ def render_outputs(
     overlay: (H+h,W,3) the image blended with class colours plus a legend strip of the classes present below it;
     color: (H,W,3) class colours; trainid: (H,W) trainIds; labelid: (H,W) Cityscapes labelIds (benchmark format).
     """
-    from ppar_core.labels import TRAINID_TO_LABELID, colorize
-    from ppar_core.visualize import overlay_with_legend
-
     makers = {
         "overlay": lambda: overlay_with_legend(image, labels, alpha=alpha),
         "color": lambda: colorize(labels),
@@ -228,15 +202,13 @@ def predict_files(
     *,
     formats: Sequence[str] = OUTPUT_FORMATS,
     alpha: float = 0.5,
-    progress: Callable[[int, int, Path], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> PredictSummary:
     """Predict every item and write its `formats` under `out` (see `output_path`); never stops on a bad file.
 
     An unreadable image is recorded in `summary.failed` with its one-sentence reason and skipped.
-    `progress(done, total, path)` is called after each item.
+    `progress("predict", done, total)` is called after each item.
     """
-    from ppar_core.imageio import read_user_image, write_png
-
     if not 0.0 <= alpha <= 1.0:
         raise PparError(f"Overlay opacity {alpha} is outside 0-1: pass --alpha between 0 and 1.")
     out = Path(out)
@@ -255,7 +227,7 @@ def predict_files(
             summary.class_images += counts > 0
             summary.done += 1
         if progress is not None:
-            progress(index, len(items), item.path)
+            progress("predict", index, len(items))
     return summary
 
 

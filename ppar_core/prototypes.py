@@ -10,28 +10,38 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import Tensor
 
+from ppar_core.clip.encoder import DenseClipEncoder
+from ppar_core.clip.presets import get_preset
+from ppar_core.clip.text import build_text_prototypes, class_prompt_names, load_templates
+from ppar_core.clip.weights import build_clip_model, get_tokenizer
+from ppar_core.data import build_dataset
+from ppar_core.data.base import spread_indices
 from ppar_core.errors import PparError
+from ppar_core.files import atomic_write
 from ppar_core.labels import IGNORE_INDEX, get_label_space
+from ppar_core.normalize import image_to_tensor
+from ppar_core.progress import ProgressFn
+from ppar_core.runtime import resolve_device
 
-if TYPE_CHECKING:
-    from ppar_core.clip.encoder import DenseClipEncoder
+log = logging.getLogger("ppar.prototypes")
 
 PROTOTYPES_FORMAT = "ppar-prototypes"
 PROTOTYPES_FORMAT_VERSION = 1
 DEFAULT_MAX_IMAGES = 100
-
-# progress(done, total, what): called after each unit of work, so a CLI can draw a bar (the library draws nothing).
-ProgressFn = Callable[[int, int, str], None]
 
 
 class SampleSource(Protocol):
@@ -105,10 +115,6 @@ def _metadata_strings(protos: Prototypes) -> dict[str, str]:
 
 def save_prototypes(path: str | Path, protos: Prototypes) -> Path:
     """Write `protos` to `path` (.safetensors) atomically: a reader sees the old file or the new one, never a part."""
-    from safetensors.torch import save
-
-    from ppar_core.files import atomic_write
-
     path = Path(path)
     if protos.otp.ndim != 2:
         raise ValueError(f"otp must be (K, D), got {tuple(protos.otp.shape)}")
@@ -128,8 +134,6 @@ def load_prototypes(
     Checks: readable safetensors, format and version, the digest, tensor shapes against the metadata, and
     (when given) the model width `expect_dim` and class count `expect_classes`.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise PparError(f"Prototypes file {path} does not exist: build one with `ppar prototypes build --out {path}`.")
@@ -187,13 +191,6 @@ def load_prototypes(
     return Prototypes(otp=otp, visual=visual, visual_counts=counts, meta=meta)
 
 
-def _sample_indices(length: int, max_images: int) -> list[int]:
-    """Up to `max_images` indices spread evenly over the dataset (deterministic, covers all of it)."""
-    if length <= max_images:
-        return list(range(length))
-    return sorted({int(round(i)) for i in np.linspace(0, length - 1, max_images)})
-
-
 class _Chosen:
     """A read-only list of (dataset, index) picks that behaves like one dataset."""
 
@@ -210,8 +207,6 @@ class _Chosen:
 
 def _prepare_image(image: np.ndarray, *, image_size: int | None, stride: int) -> np.ndarray:
     """Resize so the short side is about `image_size` (if given) and both sides are multiples of `stride`."""
-    import cv2
-
     height, width = image.shape[:2]
     scale = 1.0 if image_size is None else image_size / min(height, width)
     new_h = max(stride, int(round(height * scale / stride)) * stride)
@@ -239,13 +234,10 @@ def compute_visual_prototypes(
     Each sample (`.image` (H,W,3) uint8 RGB, `.label` (H,W) uint8 trainIds) is resized (short side `image_size`, both
     sides multiples of the encoder's stride), CLIP-normalised and encoded once; its label is resized by nearest
     neighbour to the dense grid. Each grid cell's embedding is L2-normalised (prototypes are compared by cosine), the
-    per-class means are normalised again. `train_ids[k]` is the trainId of class k (default: k).
+    per-class means are normalised again. `train_ids[k]` is the trainId of class k (default: k). A sample that cannot
+    be read is skipped and logged (one broken file must not stop a build over a hundred images).
     Returns visual (K, D) float32 (zero rows for classes never seen) and counts (K,) int64 (cells per class).
     """
-    import cv2
-
-    from ppar_core.data.transforms import to_clip_tensor_layout
-
     lut = np.full(256, -1, dtype=np.int64)  # trainId -> class index, -1 for ignore and classes outside the space
     for index, train_id in enumerate(train_ids if train_ids is not None else range(num_classes)):
         lut[train_id] = index
@@ -254,13 +246,16 @@ def compute_visual_prototypes(
     counts = torch.zeros(num_classes, dtype=torch.int64)
     was_training = encoder.training
     encoder.eval()
-    indices = _sample_indices(len(dataset), max_images)
+    indices = spread_indices(len(dataset), max_images)
     try:
         for done, index in enumerate(indices, start=1):
-            sample = dataset[index]
+            try:
+                sample = dataset[index]
+            except PparError as exc:
+                log.warning("Skipped a sample for the visual prototypes: %s", exc)
+                continue
             image = _prepare_image(sample.image, image_size=image_size, stride=encoder.stride)
-            batch = torch.from_numpy(to_clip_tensor_layout(image)).unsqueeze(0).to(device)
-            dense = encoder(batch).dense[0].float()  # (D, h, w)
+            dense = encoder(image_to_tensor(image, device=device)).dense[0].float()  # (D, h, w)
             grid_h, grid_w = dense.shape[-2:]
             label = cv2.resize(sample.label, (grid_w, grid_h), interpolation=cv2.INTER_NEAREST)
             owners = torch.from_numpy(lut[label.reshape(-1)])
@@ -269,17 +264,50 @@ def compute_visual_prototypes(
             sums.index_add_(0, owners[valid], cells[valid])
             counts += torch.bincount(owners[valid], minlength=num_classes)
             if progress is not None:
-                progress(done, len(indices), getattr(sample, "name", str(index)))
+                progress("visual prototypes", done, len(indices))
     finally:
         encoder.train(was_training)
     visual = F.normalize((sums / counts.clamp(min=1).unsqueeze(1)).float(), dim=-1)
     return visual, counts
 
 
+def text_prototypes(
+    clip: Any,
+    preset: str,
+    *,
+    pretrained: str | None,
+    label_space: str = "cityscapes",
+    templates: str = "street",
+    synonyms: bool = True,
+    device: str | torch.device = "cpu",
+) -> Prototypes:
+    """The Original Text Prototypes of a label space with `clip`'s text tower -> Prototypes (no visual rows).
+
+    The one OTP builder: `ppar prototypes build` and a training run without a prototypes file both use it.
+    `pretrained` names the weights `clip` carries, for the metadata.
+    """
+    clip_preset = get_preset(preset)
+    space = get_label_space(label_space)
+    template_list = load_templates(templates)
+    names = class_prompt_names(space.class_names, synonyms=synonyms)
+    otp = build_text_prototypes(clip, get_tokenizer(clip_preset), names, template_list, device=device)
+    meta = {
+        "model": clip_preset.name,
+        "pretrained": pretrained or "none (random weights)",
+        "classes": list(space.class_names),
+        "templates": list(template_list),
+        "label_space": space.name,
+        "synonyms": synonyms,
+        "data": [],
+    }
+    return Prototypes(otp=otp, meta=meta)
+
+
 def build_prototypes(
     preset: str,
     *,
     pretrained: str | None,
+    quick_gelu: bool | None = None,
     label_space: str = "cityscapes",
     templates: str = "street",
     device: str = "auto",
@@ -292,37 +320,31 @@ def build_prototypes(
 ) -> Prototypes:
     """The library function behind `ppar prototypes build`: OTP for a label space, optionally visual prototypes.
 
-    `preset` is a preset name, `pretrained` a tag, a local file or None (random weights), `templates` a set name or a
-    file, `data_specs` dataset specs for `build_dataset` (visual prototypes use up to `max_images` images of each,
-    at short side `image_size`, default the preset's `image_size`).
+    `preset` is a preset name, `pretrained` a tag, a local file or None (random weights), `quick_gelu` the tower's
+    activation (None: as the weights require), `templates` a set name or a file, `data_specs` dataset specs for
+    `build_dataset` (visual prototypes use up to `max_images` images of each, at short side `image_size`, default
+    the preset's `image_size`).
     """
-    from ppar_core.clip.encoder import DenseClipEncoder
-    from ppar_core.clip.presets import get_preset
-    from ppar_core.clip.text import build_text_prototypes, class_prompt_names, load_templates
-    from ppar_core.clip.weights import build_clip_model, get_tokenizer
-    from ppar_core.runtime import resolve_device
-
     clip_preset = get_preset(preset)
     space = get_label_space(label_space)
-    template_list = load_templates(templates)
     target = resolve_device(device)
-    datasets = []
-    if data_specs:
-        from ppar_core.data import build_dataset
-
-        # Why first: a wrong data root should fail before minutes of model loading.
-        datasets = [build_dataset(spec, split="train", data_root=data_root, skip_bad=True) for spec in data_specs]
-
-    model = build_clip_model(clip_preset, pretrained=pretrained).to(target)
-    names = class_prompt_names(space.class_names, synonyms=synonyms)
-    otp = build_text_prototypes(model, get_tokenizer(clip_preset), names, template_list, device=target)
-
-    visual = counts = None
+    # Datasets first: a wrong data root should fail before minutes of model loading.
+    datasets = [build_dataset(spec, split="train", data_root=data_root) for spec in data_specs]
+    model = build_clip_model(clip_preset, pretrained=pretrained, quick_gelu=quick_gelu).to(target)
+    protos = text_prototypes(
+        model,
+        preset,
+        pretrained=pretrained,
+        label_space=label_space,
+        templates=templates,
+        synonyms=synonyms,
+        device=target,
+    )
     if datasets:
         encoder = DenseClipEncoder(model.visual, clip_preset)
         # Up to max_images of each dataset, pooled into one list so the per-class means are exact over all of them.
-        chosen = _Chosen([(d, i) for d in datasets for i in _sample_indices(len(d), max_images)])
-        visual, counts = compute_visual_prototypes(
+        chosen = _Chosen([(d, i) for d in datasets for i in spread_indices(len(d), max_images)])
+        protos.visual, protos.visual_counts = compute_visual_prototypes(
             encoder,
             chosen,
             num_classes=space.num_classes,
@@ -332,14 +354,18 @@ def build_prototypes(
             train_ids=space.train_ids,
             progress=progress,
         )
+        protos.meta["data"] = list(data_specs)
+    return protos
 
-    meta = {
-        "model": clip_preset.name,
-        "pretrained": pretrained or "none (random weights)",
-        "classes": list(space.class_names),
-        "templates": list(template_list),
-        "label_space": space.name,
-        "synonyms": synonyms,
-        "data": list(data_specs),
-    }
-    return Prototypes(otp=otp, visual=visual, visual_counts=counts, meta=meta)
+
+def nearest_classes(protos: Prototypes) -> dict[str, tuple[str, float | None]]:
+    """For each class, the most similar OTHER class and their cosine (None for a single-class file)."""
+    otp = F.normalize(protos.otp.float(), dim=-1)
+    cosine = otp @ otp.t()
+    cosine.fill_diagonal_(-2.0)  # never pick the class itself
+    names = protos.class_names
+    nearest: dict[str, tuple[str, float | None]] = {}
+    for k, name in enumerate(names):
+        other = int(cosine[k].argmax()) if len(names) > 1 else k
+        nearest[name] = (names[other], float(cosine[k, other]) if other != k else None)
+    return nearest

@@ -21,31 +21,31 @@ from ppar_core.analysis.weights import (
     load_weight_stats,
     parse_resize,
     prepare_pair,
-    spread_indices,
     step_schedule,
     weight_maps,
 )
+from ppar_core.data.base import spread_indices
 from ppar_core.errors import PparError
 from ppar_core.labels import CLASS_NAMES
 from ppar_core.losses import LossConfig, ppar_loss
-from ppar_core.reliability import WEIGHT_STAT_BUFFERS, hist_edges
+from ppar_core.reliability import WeightStats, hist_edges
 
 PIXELS_PER_CROP = 64 * 128  # the fixture's crops are whole 64x128 synthetic images, which have no ignored pixel
 
 
 def _batch(root: Path, names: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     from ppar_core.data import build_dataset
-    from ppar_core.data.transforms import to_clip_tensor_layout
+    from ppar_core.normalize import image_to_tensor
 
     ds = build_dataset("synth-source", data_root=root)
-    images = torch.stack([torch.from_numpy(to_clip_tensor_layout(ds[i].image)) for i in names])
+    images = torch.cat([image_to_tensor(ds[i].image, device="cpu") for i in names])
     labels = torch.stack([torch.from_numpy(ds[i].label.astype(np.int64)) for i in names])
     return images, labels
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_run):
-    from ppar_core.predict import load_segmentor
+    from ppar_core.loading import load_segmentor
 
     return load_segmentor(tiny_run.checkpoint, device="cpu")[0]
 
@@ -54,7 +54,8 @@ def test_checkpoint_statistics_round_trip(tiny_run) -> None:
     report = load_weight_stats(tiny_run.checkpoint)
     # An independent reader of the same file: safetensors itself, no ppar code.
     with safetensors.safe_open(str(tiny_run.checkpoint), framework="np") as handle:
-        hist, sums, counts, low, high = (handle.get_tensor(name) for name in WEIGHT_STAT_BUFFERS)
+        names = ("weight_hist", "weight_sum", "weight_count", "weight_low", "weight_high")
+        hist, sums, counts, low, high = (handle.get_tensor(name) for name in names)
     assert report.source == "checkpoint" and report.weights_applied and report.mode == "otp"
     assert report.images == [] and report.w_max == 3.0
     for k, name in enumerate(CLASS_NAMES):
@@ -120,7 +121,7 @@ def data_report(tiny_run, tmp_path_factory):
 
 def test_data_statistics_match_an_independent_numpy_computation(tiny_run, tiny_model, data_report) -> None:
     from ppar_core.data import build_dataset
-    from ppar_core.data.transforms import to_clip_tensor_layout
+    from ppar_core.normalize import image_to_tensor
 
     report = data_report[0]
     assert report.source == "data" and report.mode == "otp" and len(report.images) == 3
@@ -134,7 +135,7 @@ def test_data_statistics_match_an_independent_numpy_computation(tiny_run, tiny_m
     low_by_file = {}
     for index in spread_indices(len(ds), 3):  # 6 images -> 0, 2, 5
         sample = ds[index]
-        image = torch.from_numpy(to_clip_tensor_layout(sample.image))[None]
+        image = image_to_tensor(sample.image, device="cpu")
         label = torch.from_numpy(sample.label.astype(np.int64))[None]
         w = weight_maps(model, image, label, loss=loss)[0][0].numpy().astype(np.float64)
         for k in range(len(CLASS_NAMES)):
@@ -220,7 +221,7 @@ def test_checkpoint_without_statistics_is_a_clear_error(tiny_run, tmp_path: Path
     from ppar_core.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(tiny_run.checkpoint)
-    tensors = {k: v for k, v in ck.tensors.items() if k not in WEIGHT_STAT_BUFFERS}
+    tensors = {k: v for k, v in ck.tensors.items() if k not in WeightStats.buffer_names()}
     path = tmp_path / "old.safetensors"
     save_checkpoint(path, tensors=tensors, config=ck.config, step=ck.step)
     with pytest.raises(PparError, match=r"old\.safetensors has no reliability statistics"):

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
+from ppar_core.data.registry import dataset_info
+from ppar_core.evaluation.report import build_eval_report, per_class_table, report_name
+from ppar_core.evaluation.targets import Target, target_protocol
+from ppar_core.files import file_sha256
 from ppar_core.inference import InferenceConfig
 from ppar_core.labels import CLASS_NAMES, SYNTHIA16_TRAIN_IDS
 from ppar_core.metrics import SegMetrics
-from ppar_core.evaluation.report import build_eval_report, per_class_table, target_inference
-from ppar_core.files import file_sha256
 
 TARGET_KEYS = {"miou", "per_class", "acc", "macc", "images"}
 
@@ -45,8 +47,10 @@ def test_eval_json_shape_and_written_report(cli: Any, tiny_run: Any, tmp_path: P
     assert protocol["step"] == 4 and protocol["checkpoint"] == str(tiny_run.checkpoint)
     assert protocol["sha256"] == file_sha256(tiny_run.checkpoint)
     assert protocol["mapillary_map"] == "id" and protocol["per_target"] == {}
-    assert json.loads((tmp_path / "eval.json").read_text()) == report
-    rows = list(csv.reader((tmp_path / "eval_per_class.csv").open()))
+    written = tmp_path / "eval_synth-real+synth-fog_whole_first3.json"
+    assert report_name(report) == written.name
+    assert json.loads(written.read_text()) == report
+    rows = list(csv.reader((tmp_path / "eval_synth-real+synth-fog_whole_first3_per_class.csv").open()))
     assert rows[0] == ["class", "synth-real", "synth-fog"] and rows[-1][0] == "mIoU"
     assert float(rows[-1][1]) == pytest.approx(report["targets"]["synth-real"]["miou"], abs=0.005)
 
@@ -71,7 +75,9 @@ def test_eval_of_saved_predictions_equals_eval_of_the_model(cli: Any, tiny_run: 
     common = ("--data-root", tiny_run.data_root, "--out", tmp_path / "reports")
     model = _eval_json(cli, tiny_run.checkpoint, "--targets", "synth-real", "--device", "cpu", *common)
     for fmt in ("trainid", "labelid"):
-        saved = _eval_json(cli, "--predictions", preds, "--target", "synth-real", "--format", fmt, *common)
+        result = cli("eval-predictions", preds, "--target", "synth-real", "--format", fmt, *common, "--json")
+        assert result.code == 0, result.err
+        saved = json.loads(result.out)
         a, b = model["targets"]["synth-real"], saved["targets"]["synth-real"]
         assert b["images"] == a["images"] == 6
         for key in ("miou", "acc", "macc"):
@@ -91,16 +97,31 @@ def _acdc_from_synth(synth: Path, root: Path) -> None:
         shutil.copy(synth / "labels" / image.name, root / "gt" / cond / "val" / "seq" / f"{name}_gt_labelTrainIds.png")
 
 
-def test_acdc_is_evaluated_per_condition_and_averaged(cli: Any, tiny_run: Any, tmp_path: Path) -> None:
+def test_acdc_is_one_pooled_target_with_conditions_as_sub_rows(cli: Any, tiny_run: Any, tmp_path: Path) -> None:
     _acdc_from_synth(tiny_run.data_root / "synth-real", tmp_path / "acdc")
-    report = _eval_json(cli, tiny_run.checkpoint, "--targets", f"acdc={tmp_path / 'acdc'}", "--device", "cpu",
-                        "--out", tmp_path)  # fmt: skip
+    report = _eval_json(
+        cli, tiny_run.checkpoint, "--targets", f"acdc={tmp_path / 'acdc'}", "--device", "cpu", "--out", tmp_path
+    )
     acdc = report["targets"]["acdc"]
     assert list(acdc["conditions"]) == ["fog", "night", "rain", "snow"]
+    assert acdc["pooled"] == ["acdc-fog", "acdc-night", "acdc-rain", "acdc-snow"]
     conds = list(acdc["conditions"].values())
     assert all(c["images"] == 1 for c in conds) and acdc["images"] == 4
-    assert acdc["miou"] == pytest.approx(sum(c["miou"] for c in conds) / 4)
-    assert report["mean_miou"] == pytest.approx(acdc["miou"])
+    # "ACDC all": the four images scored as one dataset, the same as `acdc` evaluated as one folder would be.
+    pooled = _eval_json(
+        cli,
+        tiny_run.checkpoint,
+        "--targets",
+        f"synth-real={tiny_run.data_root / 'synth-real'}",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "all",
+        "--max-images",
+        "4",
+    )["targets"]["synth-real"]
+    assert acdc["miou"] == pytest.approx(pooled["miou"]) and acdc["per_class"] == pytest.approx(pooled["per_class"])
+    assert report["mean_miou"] == pytest.approx(acdc["miou"])  # one target: its conditions do not count again
     header, _ = per_class_table(report)
     assert header == ["class", "acdc", "acdc-fog", "acdc-night", "acdc-rain", "acdc-snow"]
 
@@ -109,8 +130,8 @@ def test_one_line_errors(cli: Any, tiny_run: Any, tmp_path: Path) -> None:
     cases = [
         (("eval", tmp_path / "missing.safetensors"), "missing.safetensors"),
         (("eval", tiny_run.checkpoint, "--targets", "kitti", "--data-root", tiny_run.data_root), "kitti"),
-        (("eval", "--predictions", tmp_path, "--target", "synth-real", "--data-root", tiny_run.data_root), "6 of 6"),
-        (("eval",), "checkpoint"),
+        (("eval-predictions", tmp_path, "--target", "synth-real", "--data-root", tiny_run.data_root), "6 of 6"),
+        (("eval", tiny_run.checkpoint, "--targets", ""), "--targets is empty"),
     ]
     for args, needle in cases:
         result = cli(*args)
@@ -125,43 +146,59 @@ def _metrics(per_class: dict[int, float]) -> SegMetrics:
     return SegMetrics(per_class_iou=values, miou=sum(defined) / len(defined), acc=90.0, macc=80.0, images=2)
 
 
+def _target(name: str) -> Target:
+    """A target row as build_targets makes it (no images: the report only needs its name and protocol facts)."""
+    info = dataset_info(name)
+    return Target(name, None, target_protocol(info, InferenceConfig()), name, classes=info.classes)
+
+
 def test_synthia_reports_16_and_19_class_miou() -> None:
     # IoU 60 on every SYNTHIA class, 0 on terrain (9), truck (14) and train (16): mIoU-16 = 60, mIoU-19 = 60*16/19
     result = _metrics({i: (60.0 if i in SYNTHIA16_TRAIN_IDS else 0.0) for i in range(19)})
-    report = build_eval_report({"synthia": result, "cityscapes": result}, inference=InferenceConfig(), split="val",
-                               mapillary_map="id")  # fmt: skip
+    targets = [_target("synthia"), _target("cityscapes")]
+    results = {"synthia": result, "cityscapes": result}
+    report = build_eval_report(targets, results, inference=InferenceConfig(), split="val", mapillary_map="id")
     assert report["targets"]["synthia"]["miou_16"] == pytest.approx(60.0)
     assert report["targets"]["synthia"]["miou_19"] == pytest.approx(60.0 * 16 / 19)
     assert "miou_16" not in report["targets"]["cityscapes"]  # only a synthia target, unless trained on synthia
-    trained = build_eval_report({"cityscapes": result}, inference=InferenceConfig(), split="val", mapillary_map="id",
-                                synthia=True)  # fmt: skip
+    trained = build_eval_report(
+        [_target("cityscapes")],
+        {"cityscapes": result},
+        inference=InferenceConfig(),
+        split="val",
+        mapillary_map="id",
+        source_classes=dataset_info("synthia").classes,
+    )
     assert trained["targets"]["cityscapes"]["miou_16"] == pytest.approx(60.0)
     assert trained["mean_miou_16"] == pytest.approx(60.0)
 
 
 def test_mapillary_defaults_to_long_side_2048_unless_a_scale_is_given() -> None:
     base = InferenceConfig()
-    assert target_inference("mapillary", base, scale_given=False).long_side == 2048
-    assert target_inference("mapillary", base, scale_given=True) == base
-    assert target_inference("cityscapes", base, scale_given=False) == base
+    mapillary = dataset_info("mapillary")
+    assert target_protocol(mapillary, base).long_side == 2048
+    assert target_protocol(mapillary, InferenceConfig(scale=0.5)) == InferenceConfig(scale=0.5)
+    assert target_protocol(mapillary, InferenceConfig(long_side=1024)).long_side == 1024
+    assert target_protocol(dataset_info("cityscapes"), base) == base
     report = build_eval_report(
-        {"mapillary": _metrics({0: 50.0})}, inference=base, split="val", mapillary_map="name",
-        per_target={"mapillary": target_inference("mapillary", base, scale_given=False)},
-    )  # fmt: skip
+        [_target("mapillary")], {"mapillary": _metrics({0: 50.0})}, inference=base, split="val", mapillary_map="name"
+    )
     assert report["protocol"]["per_target"] == {"mapillary": {"long_side": 2048}}
     assert report["protocol"]["mapillary_map"] == "name"
 
 
 def test_training_report_records_the_run_protocol(tmp_path: Path) -> None:
     from ppar_core.config import get_train_preset
-    from ppar_core.evaluation.report import training_eval_report, write_eval_report
+    from ppar_core.evaluation.report import training_report, write_eval_report
 
     checkpoint = tmp_path / "last.safetensors"
     checkpoint.write_bytes(b"stand-in bytes")  # only hashed here
     cfg = get_train_preset("synth-tiny")
-    report = training_eval_report(cfg, {"synth-real": _metrics({0: 40.0, 1: 20.0})}, checkpoint=checkpoint, step=4)
+    targets = [Target("synth-real", None, cfg.eval, "synth-real")]
+    results = {"synth-real": _metrics({0: 40.0, 1: 20.0})}
+    report = training_report(cfg, targets, results, checkpoint=checkpoint, step=4)
     assert report["targets"]["synth-real"]["miou"] == pytest.approx(30.0)
     assert report["protocol"]["sha256"] == file_sha256(checkpoint) and report["protocol"]["step"] == 4
     assert report["protocol"]["max_images"] == 40 and report["protocol"]["mode"] == "whole"
-    json_path, _ = write_eval_report(tmp_path, report)
+    json_path, _ = write_eval_report(tmp_path / "eval.json", report)
     assert json.loads(json_path.read_text()) == report

@@ -74,11 +74,11 @@ def test_overrides_are_type_checked() -> None:
 
 def test_validation_names_the_field() -> None:
     with pytest.raises(PparError, match=r"iters must be at least 1"):
-        resolve_config(flags={"iters": 0})
+        resolve_config(fields={"iters": 0})
     with pytest.raises(PparError, match=r"align"):
-        resolve_config(flags={"align": "sideways"})
+        resolve_config(fields={"loss.align": "sideways"})
     with pytest.raises(PparError, match=r"kind"):
-        resolve_config(flags={"vtp": "nope"})
+        resolve_config(fields={"model.vtp.kind": "nope"})
 
 
 def test_precedence_preset_file_flags_overrides(tmp_path: Path) -> None:
@@ -87,14 +87,14 @@ def test_precedence_preset_file_flags_overrides(tmp_path: Path) -> None:
     cfg = resolve_config(
         preset="synth-tiny",
         config_file=path,
-        flags={"iters": 9, "crop": 64, "method": None},
+        fields={"iters": 9, "data.augment.crop_size": [64, 64], "loss.method": None},
         overrides=["batch_size=5"],
     )
     assert cfg.model.preset == "tiny"  # from the preset
     assert cfg.loss.reweight == "ratio"  # from the file
     assert cfg.iters == 9  # flag beats file
     assert cfg.batch_size == 5  # --set beats everything
-    assert cfg.data.augment.crop_size == (64, 64)  # --crop sets both sides
+    assert cfg.data.augment.crop_size == (64, 64)
     assert cfg.loss.method == "ppar"  # a flag left out (None) changes nothing
 
 

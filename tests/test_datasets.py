@@ -15,6 +15,8 @@ from PIL import Image
 from ppar_core import labels
 from ppar_core.data import DATASETS, SegDataset, build_dataset
 from ppar_core.data.registry import SYNTH_BUILTIN_DOMAINS
+from ppar_core.data.transforms import TrainAugment
+from ppar_core.engine.sampling import TrainSamples
 from ppar_core.errors import PparError
 
 H, W = 2, 3
@@ -95,22 +97,30 @@ def test_gta5_list_split_selects_and_reports_missing(gta5_root: Path, tmp_path: 
     assert "99999.png (listed in robustnet_train.txt, no pair found)" in ds.orphans
 
 
-def test_bad_samples_name_the_file_and_skip_bad_counts(gta5_root: Path) -> None:
+def test_bad_samples_name_the_file_and_the_sampler_substitutes_and_counts(gta5_root: Path) -> None:
     write_palettised(gta5_root / "labels" / "00001.png", np.full((H + 1, W), 7, np.uint8))  # another size
     truncate(gta5_root / "images" / "00002.png")
     with pytest.raises(PparError, match=r"00001\.png.*is 3x3 but its image 00001\.png is 3x2"):
         build_dataset(f"gta5={gta5_root}")[1]
     with pytest.raises(PparError, match=r"images/00002\.png cannot be decoded"):
         build_dataset(f"gta5={gta5_root}")[2]
-    ds = build_dataset(f"gta5={gta5_root}", skip_bad=True)
-    assert ds[1].name == "00000"  # 1 and 2 are bad: wraps around to the next good one
-    assert ds.bad == ["00001", "00002"]
-    assert ds[2].name == "00000" and ds.bad == ["00001", "00002"]  # known-bad ones are not counted twice
+    # The dataset is pure; substituting a bad sample is the training sampler's job (with data.skip_bad).
+    ds = build_dataset(f"gta5={gta5_root}")
+    identity = TrainAugment(scale_range=(1.0, 1.0), crop_size=(H, W), flip_prob=0.0, photometric=False)
+    samples = TrainSamples(ds, identity, seed=0, skip_bad=True)
+    k_of = {samples.dataset_index(k): k for k in range(3)}  # the first epoch visits every index once
+    _, label, passed = samples[k_of[1]]
+    assert passed == "00001\n00002"  # 1 and 2 are bad: wraps around to the next good one, and says so
+    assert np.array_equal(label.numpy(), ds[0].label)
+    assert samples[k_of[2]][2] == "00002"  # a known-bad sample is passed again, and named again, for this k
+    assert samples[k_of[0]][2] == ""
     write_palettised(gta5_root / "labels" / "00000.png", np.full((H, W), 40, np.uint8))  # 40: no such labelId
     with pytest.raises(PparError, match=r"labels/00000\.png contains values 40"):
         build_dataset(f"gta5={gta5_root}")[0]
     with pytest.raises(PparError, match="Every one of the 3 samples"):
-        build_dataset(f"gta5={gta5_root}", skip_bad=True)[0]
+        TrainSamples(build_dataset(f"gta5={gta5_root}"), identity, seed=0, skip_bad=True)[0]
+    with pytest.raises(PparError, match=r"labels/00000\.png contains values 40"):
+        TrainSamples(build_dataset(f"gta5={gta5_root}"), identity, seed=0)[k_of[0]]
 
 
 def test_truncated_jpeg_is_detected(tmp_path: Path) -> None:

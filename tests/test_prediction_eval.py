@@ -9,9 +9,9 @@ import pytest
 
 from ppar_core.data import build_dataset
 from ppar_core.errors import PparError
+from ppar_core.evaluation.predictions import evaluate_prediction_folder, evaluate_predictions, index_predictions
 from ppar_core.imageio import write_png
 from ppar_core.labels import LABELID_TO_TRAINID, TRAINID_TO_LABELID
-from ppar_core.evaluation.predictions import evaluate_prediction_folder, evaluate_predictions, index_predictions
 
 # Two 2x3 labels (255 = ignore) and predictions with a known confusion.
 LABELS = [
@@ -128,4 +128,4 @@ def test_folder_report_has_the_eval_shape(tmp_path: Path) -> None:
     assert set(report) == {"targets", "mean_miou", "protocol"}
     assert report["mean_miou"] == pytest.approx(report["targets"]["synth-test"]["miou"])
     assert report["protocol"]["predictions"] == str(preds) and report["protocol"]["format"] == "trainid"
-    assert seen[-1] == ("synth-test", 2, 2)
+    assert seen[-1] == ("eval synth-test", 2, 2)

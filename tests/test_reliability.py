@@ -1,4 +1,4 @@
-"""Reliability statistics: per-class histograms against numpy, exact low/high counters, the summary."""
+"""Reliability statistics: per-class histograms against numpy, exact low/high counters, the summary, buffers."""
 
 from __future__ import annotations
 
@@ -8,13 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppar_core.reliability import (
-    NUM_BINS,
-    empty_weight_stats,
-    hist_edges,
-    summarize_weight_stats,
-    update_weight_stats,
-)
+from ppar_core.reliability import NUM_BINS, WeightStats, hist_edges
 
 K, W_MAX = 3, 3.0
 
@@ -35,53 +29,71 @@ def test_hist_edges_equal_numpy_linspace() -> None:
 
 
 def test_update_equals_numpy_histogram_per_class_and_accumulates() -> None:
-    stats = empty_weight_stats(K)
+    stats = WeightStats.zeros(K)
     batches = [_random_batch(0), _random_batch(1)]
     for weights, labels in batches:
-        update_weight_stats(*stats.values(), weights, labels, w_max=W_MAX)
+        stats.update(weights, labels, w_max=W_MAX)
     w = np.concatenate([b[0].numpy().ravel() for b in batches]).astype(np.float64)
     y = np.concatenate([b[1].numpy().ravel() for b in batches])
     for k in range(K):
         ref, _ = np.histogram(w[y == k], bins=NUM_BINS, range=(0.0, W_MAX))
-        assert np.array_equal(stats["hist"][k].numpy(), ref)
-        assert stats["counts"][k].item() == (y == k).sum()
-        assert stats["sums"][k].item() == pytest.approx(w[y == k].sum(), rel=1e-12)
-        assert stats["low"][k].item() == (w[y == k] < 0.5).sum()
-        assert stats["high"][k].item() == (w[y == k] > 2.0).sum()
-    assert stats["hist"].sum().item() == (y != 255).sum()  # ignored pixels are not counted
-    assert list(stats) == ["hist", "sums", "counts", "low", "high"]  # the positional order of update_weight_stats
-    no_exact = empty_weight_stats(K)
-    update_weight_stats(no_exact["hist"], no_exact["sums"], no_exact["counts"], None, None, *batches[0], w_max=W_MAX)
-    assert no_exact["counts"].sum().item() == (batches[0][1] != 255).sum()
+        assert np.array_equal(stats.hist[k].numpy(), ref)
+        assert stats.count[k].item() == (y == k).sum()
+        assert stats.sum[k].item() == pytest.approx(w[y == k].sum(), rel=1e-12)
+        assert stats.low[k].item() == (w[y == k] < 0.5).sum()
+        assert stats.high[k].item() == (w[y == k] > 2.0).sum()
+    assert stats.hist.sum().item() == (y != 255).sum()  # ignored pixels are not counted
 
 
 def test_summary_fractions_means_and_json() -> None:
-    stats = empty_weight_stats(K)
+    stats = WeightStats.zeros(K)
     weights = torch.tensor([[[0.2, 0.6, 2.5, 1.0], [0.46, 2.05, 3.0, 9.0]]])
     labels = torch.tensor([[[0, 0, 0, 0], [1, 1, 1, 255]]])
-    update_weight_stats(*stats.values(), weights, labels, w_max=W_MAX)
-    names = ["road", "sidewalk", "building"]
-    exact = summarize_weight_stats(
-        stats["hist"], stats["sums"], stats["counts"], names, w_max=W_MAX, low=stats["low"], high=stats["high"]
-    )
+    stats.update(weights, labels, w_max=W_MAX)
+    exact = stats.summarize(["road", "sidewalk", "building"], w_max=W_MAX)
     assert exact["road"]["low_fraction"] == pytest.approx(0.25)
     assert exact["road"]["high_fraction"] == pytest.approx(0.25)
     assert exact["road"]["mean"] == pytest.approx((0.2 + 0.6 + 2.5 + 1.0) / 4) and exact["road"]["pixels"] == 4
     # sidewalk: 0.46 < 0.5 is low, 2.05 and 3.0 are high
     assert exact["sidewalk"]["low_fraction"] == pytest.approx(1 / 3)
     assert exact["sidewalk"]["high_fraction"] == pytest.approx(2 / 3)
-    assert exact["building"] == {"mean": None, "hist": [0] * NUM_BINS, "low_fraction": 0.0, "high_fraction": 0.0,
-                                 "pixels": 0}  # fmt: skip
+    empty = {"mean": None, "hist": [0] * NUM_BINS, "low_fraction": 0.0, "high_fraction": 0.0, "pixels": 0}
+    assert exact["building"] == empty
     assert exact["sidewalk"]["hist"][NUM_BINS - 1] == 1  # w == w_max is in the last (closed) bin
     json.dumps(exact)
-    # Without exact counters: bin-edge lower bounds (bins of width 0.15; 0.46 sits in the bin [0.45, 0.6) which
-    # straddles 0.5, and 2.05 in [1.95, 2.1) which straddles 2.0, so both are left out).
-    approx = summarize_weight_stats(stats["hist"], stats["sums"], stats["counts"], names, w_max=W_MAX)
-    assert approx["road"]["low_fraction"] == pytest.approx(0.25)
-    assert approx["sidewalk"]["low_fraction"] == 0.0 and approx["sidewalk"]["high_fraction"] == pytest.approx(1 / 3)
 
 
 def test_summary_rejects_wrong_class_count() -> None:
-    stats = empty_weight_stats(K)
     with pytest.raises(ValueError):
-        summarize_weight_stats(stats["hist"], stats["sums"], stats["counts"], ["a"], w_max=W_MAX)
+        WeightStats.zeros(K).summarize(["a"], w_max=W_MAX)
+
+
+def test_buffers_round_trip_by_name_and_updates_reach_them() -> None:
+    stats = WeightStats.zeros(K)
+    stats.update(*_random_batch(0), w_max=W_MAX)
+    buffers = stats.buffers()
+    assert set(buffers) == set(WeightStats.buffer_names())
+    view = WeightStats.from_buffers(buffers)
+    for name in ("hist", "sum", "count", "low", "high"):
+        assert torch.equal(getattr(view, name), getattr(stats, name))  # each field is found under its own name
+    before = stats.count.clone()
+    view.update(*_random_batch(1), w_max=W_MAX)  # a view writes through to the tensors it was built on
+    assert torch.equal(buffers["weight_count"], stats.count) and stats.count.sum() > before.sum()
+
+
+def test_add_and_all_reduce_sum_every_field() -> None:
+    a, b = WeightStats.zeros(K), WeightStats.zeros(K)
+    a.update(*_random_batch(0), w_max=W_MAX)
+    b.update(*_random_batch(1), w_max=W_MAX)
+    total = WeightStats.zeros(K)
+    total.add_(a)
+    total.add_(b)
+    both = WeightStats.zeros(K)
+    both.update(*_random_batch(0), w_max=W_MAX)
+    both.update(*_random_batch(1), w_max=W_MAX)
+    pooled = WeightStats.zeros(K)
+    pooled.add_(a)
+    pooled.all_reduce(lambda flat: flat + torch.cat([t.reshape(-1) for t in b.buffers().values()]))  # two "ranks"
+    for name in ("hist", "sum", "count", "low", "high"):
+        assert torch.allclose(getattr(total, name), getattr(both, name))
+        assert torch.allclose(getattr(pooled, name), getattr(both, name))

@@ -135,7 +135,7 @@ def test_write_domains_layout_names_style_json_and_round_trip(tmp_path: Path) ->
         num=3,
         size=(32, 64),
         seed=4,
-        progress=lambda done, total: calls.append((done, total)),
+        progress=lambda _task, done, total: calls.append((done, total)),
     )
     assert folders == {d: tmp_path / d for d in ("synth-source", "synth-fog")}
     assert calls == [(i, 6) for i in range(1, 7)]

@@ -173,7 +173,7 @@ def test_tampered_and_truncated_files_fail_clearly(tmp_path: Path) -> None:
 
 
 def test_visual_prototypes_are_per_class_means_of_dense_cells(tiny) -> None:  # type: ignore[no-untyped-def]
-    from ppar_core.data.transforms import to_clip_tensor_layout
+    from ppar_core.normalize import image_to_tensor
 
     encoder = DenseClipEncoder(tiny.visual, get_preset("tiny")).eval()
     rng = np.random.default_rng(0)
@@ -184,10 +184,10 @@ def test_visual_prototypes_are_per_class_means_of_dense_cells(tiny) -> None:  # 
     dataset = [SimpleNamespace(image=image, label=label, name="one")]
     seen = []
     visual, counts = compute_visual_prototypes(
-        encoder, dataset, num_classes=19, max_images=5, device="cpu", progress=lambda d, t, n: seen.append((d, t, n))
+        encoder, dataset, num_classes=19, max_images=5, device="cpu", progress=lambda *a: seen.append(a)
     )
     with torch.no_grad():
-        cells = F.normalize(encoder(torch.from_numpy(to_clip_tensor_layout(image))[None]).dense[0], dim=0)  # (D,4,4)
+        cells = F.normalize(encoder(image_to_tensor(image, device="cpu")).dense[0], dim=0)  # (D,4,4)
     torch.testing.assert_close(
         visual[0], F.normalize(cells[:, :, :2].reshape(64, -1).mean(1), dim=0), atol=1e-5, rtol=0
     )
@@ -196,7 +196,7 @@ def test_visual_prototypes_are_per_class_means_of_dense_cells(tiny) -> None:  # 
     )
     assert counts.tolist() == [8] + [0] * 12 + [2] + [0] * 5
     assert torch.count_nonzero(visual.norm(dim=1)) == 2  # classes never seen stay zero
-    assert seen == [(1, 1, "one")]
+    assert seen == [("visual prototypes", 1, 1)]
     # A label space that skips trainIds maps them by position (synthia16: car is class 12 of 16).
     from ppar_core.labels import SYNTHIA16_TRAIN_IDS
 

@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from ppar_core.checkpoint import load_checkpoint, sibling_state_path
 from ppar_core.config import TrainConfig, from_dict, merge
-from ppar_core.engine import train as train_module
+from ppar_core.engine import step as step_module
 from ppar_core.engine.train import train
 from ppar_core.errors import PparError
 
@@ -91,17 +91,20 @@ def test_progressive_schedule_ramps_in_the_logs(synth_root: Path, tmp_path: Path
 
 def test_gradients_reach_every_trainable_parameter(synth_root: Path) -> None:
     from ppar_core.data import build_dataset
-    from ppar_core.data.transforms import to_clip_tensor_layout
     from ppar_core.losses import ppar_loss
     from ppar_core.modeling.segmentor import build_segmentor, resolve_model_config
+    from ppar_core.normalize import image_to_tensor
+    from ppar_core.prototypes import build_prototypes
 
     for freeze in (False, True):
         cfg = tiny_train_config(synth_root, synth_root / "unused", model={"freeze_backbone": freeze})
-        model, _ = build_segmentor(resolve_model_config(cfg.model))
+        model_cfg = resolve_model_config(cfg.model)
+        protos = build_prototypes(model_cfg.preset, pretrained=model_cfg.pretrained, device="cpu")
+        model = build_segmentor(model_cfg, prototypes=protos)
         if freeze:
             model.encoder.requires_grad_(False)
         sample = build_dataset("synth-source", data_root=synth_root)[0]
-        images = torch.from_numpy(to_clip_tensor_layout(sample.image))[None]
+        images = image_to_tensor(sample.image, device="cpu")
         labels = torch.from_numpy(sample.label.astype("int64"))[None]
         model.train()
         out = model(images)
@@ -159,7 +162,7 @@ def test_existing_run_needs_resume_and_resume_needs_same_config(tiny_run: Any, t
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_loss = train_module.ppar_loss
+    real_loss = step_module.ppar_loss
     calls = {"n": 0}
 
     def poisoned(*args: Any, **kwargs: Any) -> Any:
@@ -169,7 +172,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
             terms.total = terms.total * float("nan")
         return terms
 
-    monkeypatch.setattr(train_module, "ppar_loss", poisoned)
+    monkeypatch.setattr(step_module, "ppar_loss", poisoned)
     cfg = tiny_train_config(synth_root, tmp_path / "run", iters=5, checkpoint_every=2, data={"targets": []})
     with pytest.raises(PparError, match=r"loss became nan at step 3.*last good checkpoint is .*last\.safetensors"):
         train(cfg)

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from ppar_core.data.transforms import (
-    CLIP_MEAN,
-    CLIP_STD,
     TrainAugment,
     apply_train_augment,
     photometric_distortion,
@@ -19,7 +17,6 @@ from ppar_core.data.transforms import (
     random_scale,
     resize,
     resize_to_scale,
-    to_clip_tensor_layout,
 )
 
 
@@ -109,15 +106,6 @@ def test_full_pipeline_is_deterministic_per_seed_and_shapes() -> None:
     assert set(np.unique(a[1])) <= {0, 5, 13, 255}
     with pytest.raises(dataclasses.FrozenInstanceError):
         aug.crop_size = (1, 1)  # type: ignore[misc]
-
-
-def test_clip_normalisation_values() -> None:
-    image = np.array([[[0, 128, 255]]], dtype=np.uint8)
-    chw = to_clip_tensor_layout(image)
-    assert chw.shape == (1 * 3, 1, 1) and chw.dtype == np.float32
-    expected = [(v / 255 - m) / s for v, m, s in zip((0, 128, 255), CLIP_MEAN, CLIP_STD, strict=True)]
-    np.testing.assert_allclose(chw[:, 0, 0], expected, rtol=1e-5)
-    np.testing.assert_allclose(chw[0, 0, 0], -0.48145466 / 0.26862954, rtol=1e-6)
 
 
 def test_resize_to_scale_sizes() -> None:

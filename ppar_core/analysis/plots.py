@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from ppar_core.analysis.report import WeightReport
 from ppar_core.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colorize
 from ppar_core.reliability import hist_edges
 from ppar_core.visualize import classes_present, legend_strip
-
-if TYPE_CHECKING:
-    from ppar_core.analysis.weights import WeightReport
 
 _GAP = 4  # white pixels between the heat map and the label colours
 _BAR_HEIGHT = 22

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ppar_core.analysis.plots import write_class_plots, write_weight_overlay
+from ppar_core.analysis.report import ImageWeights, StepSchedule, WeightReport
+from ppar_core.data import build_dataset
+from ppar_core.data.base import spread_indices
+from ppar_core.data.transforms import pad_to
+from ppar_core.data.transforms import resize as resize_pair
 from ppar_core.errors import PparError
 from ppar_core.labels import CLASS_NAMES, IGNORE_INDEX
+from ppar_core.loading import load_segmentor, read_run_config
 from ppar_core.losses import LossConfig, reliability, reliability_weights, schedule
-from ppar_core.reliability import (
-    LOW_WEIGHT,
-    WEIGHT_STAT_BUFFERS,
-    empty_weight_stats,
-    summarize_weight_stats,
-    update_weight_stats,
-)
+from ppar_core.normalize import image_to_tensor
+from ppar_core.progress import ProgressFn
+from ppar_core.reliability import LOW_WEIGHT, WeightStats
+from ppar_core.runtime import autocast, resolve_device
 
 PLOTS_HINT = "pip install 'ppar[plots]'"
 
@@ -65,60 +68,6 @@ class AnalysisConfig:
             raise PparError(f"--num must be at least 1, got {self.num_images}.")
         parse_resize(self.resize, run_resize=None)
         return self
-
-
-@dataclass(frozen=True)
-class ImageWeights:
-    """One analysed image: its file, the mean weight and the share of pixels below 0.5 (labelled pixels only)."""
-
-    file: str
-    name: str
-    mean: float | None  # None when the image has no labelled pixel
-    low_fraction: float
-    low_pixels: int
-    pixels: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "mean": self.mean, "low_fraction": self.low_fraction}
-
-
-@dataclass(frozen=True)
-class StepSchedule:
-    """How the recorded steps split by weight ramp: warm-up (w = 1 recorded), ramp-in (0 < ramp < 1), full."""
-
-    warmup: int
-    ramp: int
-    full: int
-
-
-@dataclass
-class WeightReport:
-    """The result of one analysis; `to_dict()` is the JSON object of `ppar analyze-weights --json`."""
-
-    source: str  # "checkpoint" or "data"
-    checkpoint: Path
-    step: int  # the checkpoint's training step
-    method: str  # the run's loss.method
-    reweight: str  # the run's loss.reweight
-    weights_applied: bool  # False for runs trained without reweighting (their statistics are empty)
-    mode: str  # reliability mode of the weights shown: the run's, or "otp" for a run without reweighting
-    w_max: float  # the histograms' bins are uniform over [0, w_max]
-    classes: dict[str, dict[str, Any]]  # summarize_weight_stats output, one entry per class
-    images: list[ImageWeights] = field(default_factory=list)  # most down-weighted first (source "data")
-    schedule: StepSchedule | None = None  # source "checkpoint": what the recorded steps applied
-    files: list[Path] = field(default_factory=list)  # PNGs written
-    plots_note: str | None = None  # why the matplotlib plots were not written, and how to get them
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "classes": self.classes,
-            "images": [image.to_dict() for image in self.images],
-        }
-
-    @property
-    def total_pixels(self) -> int:
-        return sum(int(entry["pixels"]) for entry in self.classes.values())
 
 
 def analysis_loss_config(loss: LossConfig) -> tuple[LossConfig, bool]:
@@ -147,31 +96,18 @@ def step_schedule(loss: LossConfig, *, iters: int, steps: int) -> StepSchedule:
     return StepSchedule(warmup=warmup, ramp=ramp, full=full)
 
 
-def _run_config(path: Path, config: dict[str, Any]) -> Any:
-    from ppar_core.config import TrainConfig, from_dict
-
-    try:
-        return from_dict(TrainConfig, config)
-    except PparError as exc:
-        raise PparError(f"{path} carries a config this version of ppar cannot read ({exc}).") from exc
-
-
 def load_weight_stats(path: str | Path) -> WeightReport:
     """The reliability statistics stored in a checkpoint, per class (source "checkpoint"); builds no model."""
-    from ppar_core.checkpoint import load_checkpoint
-
     path = Path(path)
-    checkpoint = load_checkpoint(path)
-    cfg = _run_config(path, checkpoint.config)
-    missing = [name for name in WEIGHT_STAT_BUFFERS if name not in checkpoint.tensors]
+    cfg, checkpoint = read_run_config(path)
+    missing = [name for name in WeightStats.buffer_names() if name not in checkpoint.tensors]
     if missing:
         raise PparError(
             f"Checkpoint {path} has no reliability statistics ({', '.join(missing)} missing): it was not written by "
             "`ppar train`; analyse images with --data instead."
         )
-    hist, sums, counts, low, high = (checkpoint.tensors[name] for name in WEIGHT_STAT_BUFFERS)
     _, applied = analysis_loss_config(cfg.loss)
-    classes = summarize_weight_stats(hist, sums, counts, CLASS_NAMES, w_max=cfg.loss.w_max, low=low, high=high)
+    classes = WeightStats.from_buffers(checkpoint.tensors).summarize(CLASS_NAMES, w_max=cfg.loss.w_max)
     return WeightReport(
         source="checkpoint",
         checkpoint=path,
@@ -193,8 +129,6 @@ def weight_maps(model: Any, images: Tensor, labels: Tensor, *, loss: LossConfig)
     labels (B,H,W) long, 255 ignored. `loss.reweight` must be `otp` or `ratio`. Weights and reliability are 0 at
     ignored pixels; the mean normalisation runs over the whole batch, as in `ppar_loss`.
     """
-    from ppar_core.runtime import autocast
-
     if loss.reweight not in ("otp", "ratio"):
         raise ValueError(f"weight maps need reweight 'otp' or 'ratio', got {loss.reweight!r}")
     with torch.inference_mode(), autocast(images.device):
@@ -235,25 +169,12 @@ def prepare_pair(
     image (H,W,3) uint8, label (H,W) uint8; padding is at the bottom/right, image 0 and label 255 (ignored), as
     training pads its crops, so padded pixels get no weight and take no part in the normalisation.
     """
-    from ppar_core.data.transforms import pad_to
-    from ppar_core.data.transforms import resize as resize_pair
-
     if resize is not None:
         image, label = resize_pair(image, label, size=resize)
     height, width = label.shape
     padded = (math.ceil(height / stride) * stride, math.ceil(width / stride) * stride)
     image, label = pad_to(image, label, size=padded)
     return image, label, (height, width)
-
-
-def spread_indices(total: int, num: int) -> list[int]:
-    """`num` indices evenly spaced over `range(total)` (all of them when total <= num), first and last included.
-
-    Spread rather than the first `num`: consecutive frames of one driving sequence would say little about a split.
-    """
-    if total <= num:
-        return list(range(total))
-    return sorted({int(round(i)) for i in np.linspace(0, total - 1, num)})
 
 
 def image_summary(weights: np.ndarray, label: np.ndarray, *, file: str, name: str) -> ImageWeights:
@@ -277,19 +198,13 @@ def analyze_images(
     *,
     config: AnalysisConfig,
     out: Path | None = None,
-    on_image: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> WeightReport:
     """Compute weight maps afresh for `config.num_images` labelled images (source "data").
 
-    With `out`, writes one heat-map overlay per image to `out/images/<name>.png`. `on_image(done, total)` reports
-    progress.
+    With `out`, writes one heat-map overlay per image to `out/images/<name>.png`. `progress("weights", done,
+    total)` reports progress.
     """
-    from ppar_core.analysis.plots import write_weight_overlay
-    from ppar_core.data import build_dataset
-    from ppar_core.data.transforms import to_clip_tensor_layout
-    from ppar_core.predict import load_segmentor
-    from ppar_core.runtime import resolve_device
-
     config.validate()
     path = Path(path)
     if config.data is None:
@@ -301,39 +216,28 @@ def analyze_images(
     device = next(model.parameters()).device
     stride = int(model.encoder.stride)
 
-    stats = empty_weight_stats(len(CLASS_NAMES))
+    stats = WeightStats.zeros(len(CLASS_NAMES))
     images: list[ImageWeights] = []
     indices = spread_indices(len(dataset), config.num_images)
     for done, index in enumerate(indices, start=1):
         sample = dataset[index]
         image, label, (height, width) = prepare_pair(sample.image, sample.label, stride=stride, resize=resize)
-        batch = torch.from_numpy(to_clip_tensor_layout(image))[None].to(device)
+        batch = image_to_tensor(image, device=device)
         labels = torch.from_numpy(label.astype(np.int64))[None].to(device)
         weights, _ = weight_maps(model, batch, labels, loss=loss)
         w = weights[0, :height, :width].float().cpu()
         y = labels[0, :height, :width].cpu()
         # The trainer's own accumulator, so bins and counts mean exactly what the checkpoint statistics mean.
-        update_weight_stats(
-            stats["hist"], stats["sums"], stats["counts"], stats["low"], stats["high"], w, y,
-            w_max=loss.w_max, ignore_index=loss.ignore_index,
-        )  # fmt: skip
+        stats.update(w, y, w_max=loss.w_max, ignore_index=loss.ignore_index)
         shown_image, shown_label = image[:height, :width], label[:height, :width]
         images.append(image_summary(w.numpy(), shown_label, file=str(dataset.pairs[index][0]), name=sample.name))
         if out is not None:
             write_weight_overlay(
                 Path(out) / "images" / f"{sample.name}.png", shown_image, shown_label, w.numpy(), w_max=loss.w_max
             )
-        if on_image is not None:
-            on_image(done, len(indices))
-    classes = summarize_weight_stats(
-        stats["hist"],
-        stats["sums"],
-        stats["counts"],
-        CLASS_NAMES,
-        w_max=loss.w_max,
-        low=stats["low"],
-        high=stats["high"],
-    )
+        if progress is not None:
+            progress("weights", done, len(indices))
+    classes = stats.summarize(CLASS_NAMES, w_max=loss.w_max)
     # Most down-weighted first: the images a user should look at.
     images.sort(key=lambda item: (-item.low_fraction, item.mean if item.mean is not None else math.inf))
     files = [Path(out) / "images" / f"{item.name}.png" for item in images] if out is not None else []
@@ -357,20 +261,18 @@ def analyze_weights(
     *,
     config: AnalysisConfig | None = None,
     out: Path | None = None,
-    on_image: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> WeightReport:
     """The whole analysis of one checkpoint: its statistics, or (with `config.data`) weights computed afresh.
 
     With `out`, writes the PNGs there: per-class histogram grid and mean-weight bar chart (matplotlib; when it is
     missing `plots_note` says how to get them) and, for data, one heat-map overlay per image.
     """
-    from ppar_core.analysis.plots import write_class_plots
-
     config = (config or AnalysisConfig()).validate()
     if config.data is None:
         report = load_weight_stats(path)
     else:
-        report = analyze_images(path, config=config, out=out, on_image=on_image)
+        report = analyze_images(path, config=config, out=out, progress=progress)
     if out is not None:
         try:
             report.files = [*write_class_plots(report, Path(out)), *report.files]

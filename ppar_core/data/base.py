@@ -1,8 +1,8 @@
 """The dataset every loader returns: image/label pairs on disk, decoded on access into trainId samples.
 
 A loader module only finds files (the layout of its dataset) and chooses how labels are decoded; `SegDataset` does
-the rest: decoding, size checks, and skipping bad samples when asked. It imports no torch, yet is a valid map-style
-dataset for `torch.utils.data.DataLoader` (it is picklable, so DataLoader workers can receive it).
+the rest: decoding and size checks. It imports no torch, yet is a valid map-style dataset for
+`torch.utils.data.DataLoader` (it is picklable, so DataLoader workers can receive it).
 """
 
 from __future__ import annotations
@@ -50,10 +50,9 @@ class LabelDecoder:
 class SegDataset:
     """A map-style segmentation dataset: `len(ds)`, `ds[i] -> Sample`.
 
-    With `skip_bad=False` a bad sample (unreadable image or label, sizes that differ, unknown label values) raises
-    `PparError` naming the file. With `skip_bad=True` its name is appended to `bad` and the next good sample (in
-    index order, wrapping around) is returned instead, so one broken file never stops a training run. Note that
-    DataLoader workers are separate processes: `bad` then only grows inside them.
+    Pure: a bad sample (unreadable image or label, sizes that differ, unknown label values) raises `PparError` naming
+    the file. What to do about it is the caller's choice: the training sampler substitutes the next good sample and
+    counts the bad one, evaluation skips and counts it (`data.skip_bad`).
     """
 
     name: str
@@ -62,10 +61,7 @@ class SegDataset:
     pairs: list[tuple[Path, Path]]
     decoder: LabelDecoder
     orphans: list[str] = field(default_factory=list)
-    skip_bad: bool = False
-    bad: list[str] = field(default_factory=list)
     key_suffixes: tuple[str, ...] = ()
-    _bad_index: set[int] = field(default_factory=set, init=False, repr=False)  # known-bad indices, skipped fast
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -75,14 +71,15 @@ class SegDataset:
         return strip_suffixes(self.pairs[index][0].stem, self.key_suffixes)
 
     def load(self, index: int) -> Sample:
-        """Decode pair `index` -> Sample, raising `PparError` on a bad sample whatever `skip_bad` says."""
+        """Decode pair `index` -> Sample; `PparError` naming the file on a bad sample."""
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
         label = self.decoder(label_path)
         if label.shape != image.shape[:2]:
             raise PparError(
                 f"Label {label_path} is {label.shape[1]}x{label.shape[0]} but its image {image_path.name} is "
-                f"{image.shape[1]}x{image.shape[0]}: the pair does not match; re-extract it or pass skip_bad."
+                f"{image.shape[1]}x{image.shape[0]} (WxH): the pair does not match; re-extract it or set "
+                "data.skip_bad."
             )
         return Sample(image=image, label=label, name=self.sample_name(index))
 
@@ -90,19 +87,7 @@ class SegDataset:
         n = len(self.pairs)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} samples")
-        index %= n
-        if not self.skip_bad:
-            return self.load(index)
-        for step in range(n):
-            i = (index + step) % n
-            if i in self._bad_index:
-                continue
-            try:
-                return self.load(i)
-            except PparError:
-                self._bad_index.add(i)
-                self.bad.append(self.sample_name(i))
-        raise PparError(f"Every one of the {n} samples of {self.name} under {self.root} is bad: check the dataset.")
+        return self.load(index % n)
 
 
 def strip_suffixes(stem: str, suffixes: Iterable[str]) -> str:
@@ -248,3 +233,13 @@ def check_split(split: str, allowed: tuple[str, ...], dataset: str) -> None:
     """PparError naming the allowed split names unless `split` is one of them."""
     if split not in allowed:
         raise PparError(f"Unknown {dataset} split {split!r}: use one of {', '.join(allowed)}.")
+
+
+def spread_indices(total: int, num: int) -> list[int]:
+    """`num` indices evenly spaced over `range(total)` (all of them when total <= num), first and last included.
+
+    Spread rather than the first `num`: consecutive frames of one driving sequence would say little about a split.
+    """
+    if total <= num:
+        return list(range(total))
+    return sorted({int(round(i)) for i in np.linspace(0, total - 1, num)})

@@ -7,7 +7,6 @@ not problems: some official downloads (e.g. GTA5) ship a few of them, and pairin
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 from ppar_core import labels
 from ppar_core.data.base import SegDataset
 from ppar_core.errors import PparError
+from ppar_core.progress import ProgressFn
 
 
 @dataclass
@@ -55,13 +55,11 @@ class CheckReport:
         }
 
 
-def check_dataset(
-    dataset: SegDataset, *, limit: int | None = None, progress: Callable[[int, int], None] | None = None
-) -> CheckReport:
+def check_dataset(dataset: SegDataset, *, limit: int | None = None, progress: ProgressFn | None = None) -> CheckReport:
     """Decode every pair of `dataset` (the first `limit` if given) and report what was found.
 
     Bad samples never stop the scan: each becomes one entry of `problems` (the loader's message, naming the file).
-    `progress(done, total)` is called after each sample.
+    `progress("check <name>", done, total)` is called after each sample.
     """
     total = len(dataset) if limit is None else min(limit, len(dataset))
     sizes: Counter[str] = Counter()
@@ -77,7 +75,7 @@ def check_dataset(
             sizes[f"{width}x{height}"] += 1
             counts += np.bincount(sample.label.ravel(), minlength=256)
         if progress is not None:
-            progress(index + 1, total)
+            progress(f"check {dataset.name}", index + 1, total)
     return CheckReport(
         dataset=dataset.name,
         split=dataset.split,

@@ -6,13 +6,15 @@ Roots: `NAME=PATH` uses PATH; otherwise `<data_root>/<folder>`, where `data_root
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ppar_core.data.datasets import acdc, bdd100k, cityscapes, folder, gta5, mapillary, synth_folder, synthia
+from ppar_core import labels
 from ppar_core.data.base import SegDataset
+from ppar_core.data.datasets import acdc, bdd100k, cityscapes, folder, gta5, mapillary, synth_folder, synthia
 from ppar_core.errors import PparError
 
 # The styles `ppar data synth` writes by default; a user's style file adds more (any `synth-<style>` name loads).
@@ -25,14 +27,14 @@ class LoadOptions:
 
     name: str  # the dataset name as asked, e.g. "synth-night"
     split: str = "train"
-    skip_bad: bool = False
     mapillary_map: str = "id"  # Mapillary 66->19 map: "id" (RobustNet/HRDA) or "name" (Rein/openseg)
     id_map: str = "trainid"  # `folder` only: "trainid", "labelid" or a JSON file path
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """One loader: its name, a one-line description, the layout it expects, and how to build it."""
+    """One loader: its name, a one-line description, the layout it expects, how to build it, and the protocol facts
+    evaluation and training need about it (labels.md), so that no other module decides by name."""
 
     name: str
     description: str
@@ -40,17 +42,20 @@ class DatasetInfo:
     builder: Callable[[Path, LoadOptions], SegDataset]
     splits: str  # the split names it accepts, in words
     folder: str = ""  # sub-folder of the data root when no path is given (default: the name)
+    eval_long_side: int | None = None  # evaluated resized to this long side unless a scale is given (Mapillary)
+    classes: tuple[int, ...] | None = None  # the trainIds its labels use; None = all 19 (SYNTHIA: 16)
+    parts: tuple[str, ...] = ()  # as a target: evaluated on each part, confusion pooled (ACDC: its 4 conditions)
 
 
 def _acdc(conditions: tuple[str, ...]) -> Callable[[Path, LoadOptions], SegDataset]:
     def build(root: Path, opts: LoadOptions) -> SegDataset:
-        return acdc.build_acdc(root, conditions=conditions, split=opts.split, skip_bad=opts.skip_bad)
+        return acdc.build_acdc(root, conditions=conditions, split=opts.split)
 
     return build
 
 
 def _synth(root: Path, opts: LoadOptions) -> SegDataset:
-    return synth_folder.build_synth(root, name=opts.name, split=opts.split, skip_bad=opts.skip_bad)
+    return synth_folder.build_synth(root, name=opts.name, split=opts.split)
 
 
 _FLAT_SPLITS = "train, val, all (the same pairs), or a .txt list of file names"
@@ -60,41 +65,47 @@ DATASETS: dict[str, DatasetInfo] = {
         "gta5",
         "GTA5 (Playing for Data): 24,966 synthetic frames, palettised labelIds",
         gta5.LAYOUT,
-        lambda root, o: gta5.build_gta5(root, split=o.split, skip_bad=o.skip_bad),
+        lambda root, o: gta5.build_gta5(root, split=o.split),
         _FLAT_SPLITS,
     ),
     "synthia": DatasetInfo(
         "synthia",
         "SYNTHIA-RAND-CITYSCAPES: 9,400 synthetic frames, 16-bit labels",
         synthia.LAYOUT,
-        lambda root, o: synthia.build_synthia(root, split=o.split, skip_bad=o.skip_bad),
+        lambda root, o: synthia.build_synthia(root, split=o.split),
         _FLAT_SPLITS,
+        classes=labels.SYNTHIA16_TRAIN_IDS,
     ),
     "cityscapes": DatasetInfo(
         "cityscapes",
         "Cityscapes: 2,975 train / 500 val, German cities",
         cityscapes.LAYOUT,
-        lambda root, o: cityscapes.build_cityscapes(root, split=o.split, skip_bad=o.skip_bad),
+        lambda root, o: cityscapes.build_cityscapes(root, split=o.split),
         "train, val, test",
     ),
     "bdd100k": DatasetInfo(
         "bdd100k",
         "BDD100K semantic segmentation 10K: 7,000 train / 1,000 val, trainId masks",
         bdd100k.LAYOUT,
-        lambda root, o: bdd100k.build_bdd100k(root, split=o.split, skip_bad=o.skip_bad),
+        lambda root, o: bdd100k.build_bdd100k(root, split=o.split),
         "train, val",
     ),
     "mapillary": DatasetInfo(
         "mapillary",
         "Mapillary Vistas v1.2: 18,000 train / 2,000 val, 66 classes mapped to 19 (--mapillary-map id|name)",
         mapillary.LAYOUT,
-        lambda root, o: mapillary.build_mapillary(
-            root, split=o.split, skip_bad=o.skip_bad, mapillary_map=o.mapillary_map
-        ),
+        lambda root, o: mapillary.build_mapillary(root, split=o.split, mapillary_map=o.mapillary_map),
         "train (training), val (validation)",
+        eval_long_side=2048,
     ),
     "acdc": DatasetInfo(
-        "acdc", "ACDC, all four adverse conditions", acdc.LAYOUT, _acdc(acdc.CONDITIONS), "train, val", "acdc"
+        "acdc",
+        "ACDC, all four adverse conditions (as a target: one pooled score, conditions as sub-rows)",
+        acdc.LAYOUT,
+        _acdc(acdc.CONDITIONS),
+        "train, val",
+        "acdc",
+        parts=tuple(f"acdc-{c}" for c in acdc.CONDITIONS),
     ),
     **{
         f"acdc-{c}": DatasetInfo(f"acdc-{c}", f"ACDC, {c} only", acdc.LAYOUT, _acdc((c,)), "train, val", "acdc")
@@ -104,7 +115,7 @@ DATASETS: dict[str, DatasetInfo] = {
         "folder",
         "your own image/label folders (id map: trainid, labelid or a JSON file)",
         folder.LAYOUT,
-        lambda root, o: folder.build_folder(root, split=o.split, skip_bad=o.skip_bad, id_map=o.id_map),
+        lambda root, o: folder.build_folder(root, split=o.split, id_map=o.id_map),
         _FLAT_SPLITS,
     ),
     "synth": DatasetInfo(
@@ -113,30 +124,56 @@ DATASETS: dict[str, DatasetInfo] = {
         synth_folder.LAYOUT,
         _synth,
         _FLAT_SPLITS,
-    ),  # fmt: skip
+    ),
     **{
         name: DatasetInfo(name, f"built-in synthetic domain {name}", synth_folder.LAYOUT, _synth, _FLAT_SPLITS)
         for name in SYNTH_BUILTIN_DOMAINS
     },
 }
 
+# The names people write for the datasets (papers, other codebases) -> the registry's name.
+ALIASES: dict[str, str] = {
+    "bdd": "bdd100k",
+    "cs": "cityscapes",
+    "city": "cityscapes",
+    "gtav": "gta5",
+    "gta": "gta5",
+    "vistas": "mapillary",
+    "syn": "synthia",
+}
+
+
+def canonical_name(name: str) -> str:
+    """The registry name of `name` or its alias; PparError with the closest names when it is unknown."""
+    text = name.strip()
+    key = ALIASES.get(text.lower(), text.lower())
+    if key in DATASETS:
+        return key
+    if text.startswith("synth-") and len(text) > len("synth-"):
+        return text  # a user's style name, kept as written
+    close = difflib.get_close_matches(key, [*DATASETS, *ALIASES], n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(ALIASES.get(c, c)) for c in dict.fromkeys(close))}? " if close else ""
+    raise PparError(
+        f"Unknown dataset {name!r}: {hint}Known: {', '.join(DATASETS)} (or synth-<style>, NAME=PATH); "
+        "`ppar data list` shows each layout."
+    )
+
 
 def dataset_info(name: str) -> DatasetInfo:
-    """The registry entry for `name`; any `synth-<style>` resolves to the synthetic-folder loader."""
-    if name in DATASETS:
-        return DATASETS[name]
-    if name.startswith("synth-") and len(name) > len("synth-"):
-        return DatasetInfo(name, f"synthetic domain {name}", synth_folder.LAYOUT, _synth, _FLAT_SPLITS)
-    raise PparError(f"Unknown dataset {name!r}: use one of {', '.join(DATASETS)} (or synth-<style>, NAME=PATH).")
+    """The registry entry for `name` (or an alias); any `synth-<style>` resolves to the synthetic-folder loader."""
+    key = canonical_name(name)
+    if key in DATASETS:
+        return DATASETS[key]
+    return DatasetInfo(key, f"synthetic domain {key}", synth_folder.LAYOUT, _synth, _FLAT_SPLITS)
 
 
 def parse_spec(spec: str) -> tuple[str, Path | None]:
-    """`NAME` or `NAME=PATH` -> (name, path or None)."""
+    """`NAME` or `NAME=PATH` -> (registry name, path or None); aliases (`bdd`, `cs`, ...) resolve here."""
     name, sep, path = spec.partition("=")
     name = name.strip()
     if not name or (sep and not path.strip()):
         raise PparError(f"Dataset argument {spec!r} is malformed: write NAME or NAME=PATH, e.g. gta5=/data/gta5.")
-    return name, Path(path.strip()).expanduser() if sep else None
+    return canonical_name(name), Path(path.strip()).expanduser() if sep else None
 
 
 def resolve_root(name: str, path: Path | None, data_root: str | Path | None) -> Path:
@@ -157,11 +194,10 @@ def build_dataset(
     *,
     split: str = "train",
     data_root: str | Path | None = None,
-    skip_bad: bool = False,
     mapillary_map: str = "id",
     id_map: str = "trainid",
 ) -> SegDataset:
-    """Build the dataset named by `spec` (`NAME` or `NAME=PATH`).
+    """Build the dataset named by `spec` (`NAME` or `NAME=PATH`; NAME may be an alias such as `bdd`).
 
     `split`: train or val for every dataset (flat datasets return all pairs for both), plus dataset-specific names
     (cityscapes test; all; a `.txt` list for flat datasets). `mapillary_map`: id|name. `id_map` (folder only):
@@ -170,5 +206,5 @@ def build_dataset(
     name, path = parse_spec(spec)
     info = dataset_info(name)
     root = resolve_root(name, path, data_root)
-    opts = LoadOptions(name=name, split=split, skip_bad=skip_bad, mapillary_map=mapillary_map, id_map=id_map)
+    opts = LoadOptions(name=name, split=split, mapillary_map=mapillary_map, id_map=id_map)
     return info.builder(root, opts)

@@ -1,4 +1,4 @@
-"""Paired image/label transforms for training, and CLIP normalisation (numpy + OpenCV, no torch).
+"""Paired image/label transforms for training (numpy + OpenCV, no torch).
 
 Images are (H,W,3) uint8 RGB, labels (H,W) uint8 trainIds with 255 = ignore. Labels are only ever resampled by
 nearest neighbour, so no value appears that was not in the input. All randomness comes from an explicit
@@ -16,11 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ppar_core.errors import PparError
 from ppar_core.labels import IGNORE_INDEX
-
-# CLIP's normalisation (RGB, 0-1 scale), as used by OpenAI CLIP and open_clip.
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 _CROP_TRIES = 10
 
@@ -35,6 +32,21 @@ class TrainAugment:
     cat_max_ratio: float = 0.75  # crop retried (up to 10 times) while one class covers more of the valid pixels
     flip_prob: float = 0.5  # probability of a horizontal flip
     photometric: bool = True  # brightness, contrast, saturation and hue jitter (image only)
+
+    def validate(self) -> TrainAugment:
+        """Raise PparError naming the first bad field (as `data.augment.<field>`); returns self."""
+        if min(self.crop_size) < 1:
+            raise PparError(f"The training crop must be at least 1x1 pixels, got {self.crop_size} (--crop).")
+        if self.resize is not None and min(self.resize) < 1:
+            raise PparError(f"Config field data.augment.resize must be positive (H, W), got {self.resize}.")
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise PparError(f"Config field data.augment.scale_range must satisfy 0 < low <= high, got {low}, {high}.")
+        if not 0 < self.cat_max_ratio <= 1:
+            raise PparError(f"Config field data.augment.cat_max_ratio must lie in (0, 1], got {self.cat_max_ratio}.")
+        if not 0 <= self.flip_prob <= 1:
+            raise PparError(f"Config field data.augment.flip_prob must lie in [0, 1], got {self.flip_prob}.")
+        return self
 
 
 def resize(image: np.ndarray, label: np.ndarray, *, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -166,11 +178,3 @@ def apply_train_augment(
     if aug.photometric:
         image = photometric_distortion(image, rng=rng)
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
-
-
-def to_clip_tensor_layout(image: np.ndarray) -> np.ndarray:
-    """(H,W,3) uint8 RGB -> (3,H,W) float32 normalised with CLIP mean/std: (x/255 - mean) / std."""
-    mean = np.asarray(CLIP_MEAN, dtype=np.float32) * 255.0
-    inv_std = 1.0 / (np.asarray(CLIP_STD, dtype=np.float32) * 255.0)
-    chw = (image.astype(np.float32) - mean) * inv_std
-    return np.ascontiguousarray(chw.transpose(2, 0, 1))

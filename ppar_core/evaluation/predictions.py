@@ -12,7 +12,7 @@ difference is needed for files written by other tools: a labelId prediction may 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,12 @@ from ppar_core import labels
 from ppar_core.data.base import SegDataset, strip_suffixes
 from ppar_core.data.io import read_label_index
 from ppar_core.errors import PparError
+from ppar_core.evaluation.report import build_eval_report
+from ppar_core.evaluation.targets import build_targets
 from ppar_core.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
+from ppar_core.progress import ProgressFn
+
+log = logging.getLogger("ppar.eval")
 
 PREDICTION_FORMATS: tuple[str, ...] = ("trainid", "labelid")
 # Suffixes of `ppar predict` outputs that hold ids; colour and overlay images are never evaluated.
@@ -67,16 +72,19 @@ def index_predictions(folder: Path, *, fmt: str = "trainid", key_suffixes: tuple
     return PredictionIndex(files={**plain, **preferred}, duplicates=duplicates)
 
 
-def read_prediction(path: Path, *, fmt: str = "trainid") -> np.ndarray:
-    """Read one prediction PNG -> (H,W) int64 trainIds, where ids outside the 19 classes become 255."""
+def read_prediction(path: Path, *, fmt: str = "trainid") -> tuple[np.ndarray, int]:
+    """Read one prediction PNG -> ((H,W) int64 trainIds with ids outside the 19 classes as 255, how many pixels
+    held such an id)."""
     raw = read_label_index(path)
     if fmt == "labelid":
         lut = np.full(65536, labels.IGNORE_INDEX, dtype=np.uint8)
         lut[:256] = labels.LABELID_TO_TRAINID
-        return lut[raw].astype(np.int64)
+        ids = lut[raw].astype(np.int64)
+        return ids, int((ids == labels.IGNORE_INDEX).sum())
     ids = raw.astype(np.int64)
-    ids[ids >= labels.NUM_CLASSES] = labels.IGNORE_INDEX
-    return ids
+    outside = ids >= labels.NUM_CLASSES
+    ids[outside] = labels.IGNORE_INDEX
+    return ids, int((outside & (raw != labels.IGNORE_INDEX)).sum())
 
 
 def evaluate_predictions(
@@ -84,14 +92,15 @@ def evaluate_predictions(
     dataset: SegDataset,
     *,
     fmt: str = "trainid",
-    classes: tuple[int, ...] | None = None,
     max_images: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
+    task: str = "eval",
 ) -> SegMetrics:
     """Dataset-level metrics (percent) of the prediction PNGs in `folder` against `dataset`'s labels.
 
     Every sample (the first `max_images` if given) needs a prediction of the label's size; missing ones are one
-    PparError listing the first few names and the count. `classes` restricts the means (e.g. the 16 SYNTHIA classes).
+    PparError listing the first few names and the count. Prediction values that are not trainIds (trainid format:
+    19-254; labelid format: ids of no class) count as wrong and are reported in the log with their count.
     """
     index = index_predictions(folder, fmt=fmt, key_suffixes=dataset.key_suffixes)
     total = len(dataset) if max_images is None else min(len(dataset), max(0, int(max_images)))
@@ -106,27 +115,28 @@ def evaluate_predictions(
     k = labels.NUM_CLASSES
     # One extra column, k, counts predictions that are no class at all (see the module docstring).
     cm = torch.zeros(k + 1, k + 1, dtype=torch.int64)
+    not_trainids = 0
     for done, (i, name) in enumerate(zip(range(total), names, strict=True), start=1):
         label = dataset.load(i).label
-        pred = read_prediction(index.files[name], fmt=fmt)
+        pred, outside = read_prediction(index.files[name], fmt=fmt)
+        not_trainids += outside
         if pred.shape != label.shape:
             raise PparError(
-                f"Prediction {index.files[name]} is {pred.shape[1]}x{pred.shape[0]} but the label of {name} is "
-                f"{label.shape[1]}x{label.shape[0]}: predictions must be at the label's resolution."
+                f"Prediction {index.files[name]} is {pred.shape[1]}x{pred.shape[0]} (WxH) but the label of {name} "
+                f"is {label.shape[1]}x{label.shape[0]}: predictions must be at the label's resolution."
             )
         pred[pred == labels.IGNORE_INDEX] = k
         cm += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(label.astype(np.int64)), k + 1)
         if progress is not None:
-            progress(done, total)
-    full = metrics_from_confusion(cm, classes=classes if classes is not None else tuple(range(k)), images=total)
-    return SegMetrics(
-        per_class_iou=full.per_class_iou[:k],
-        miou=full.miou,
-        acc=full.acc,
-        macc=full.macc,
-        images=total,
-        class_ids=None if classes is None else tuple(classes),
-    )
+            progress(task, done, total)
+    if not_trainids and fmt == "trainid":
+        log.warning(
+            "%d prediction pixels in %s hold values that are not trainIds (19-254); they count as wrong. If the "
+            "files hold Cityscapes labelIds, pass --format labelid.",
+            not_trainids,
+            folder,
+        )
+    return metrics_from_confusion(cm, images=total, num_classes=k)
 
 
 def evaluate_prediction_folder(
@@ -138,39 +148,29 @@ def evaluate_prediction_folder(
     mapillary_map: str = "id",
     fmt: str = "trainid",
     max_images: int | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict:
     """Evaluate the prediction PNGs in `folder` against target `target` (`NAME` or `NAME=PATH`) -> the report dict.
 
-    The report has the shape of `ppar eval` (`ppar_core.evaluation.report`); its protocol names the folder and the format
-    instead of a checkpoint and has no inference fields (the predictions were made elsewhere).
+    The report has the shape of `ppar eval` (`ppar_core.evaluation.report`); its protocol names the folder and the
+    format instead of a checkpoint and has no inference fields (the predictions were made elsewhere).
     """
-    from ppar_core.data.registry import parse_spec
-    from ppar_core.evaluation.report import build_eval_report, build_target_datasets
-
     folder = Path(folder)
     if fmt not in PREDICTION_FORMATS:
         raise PparError(f"Prediction format {fmt!r} is unknown: use one of {', '.join(PREDICTION_FORMATS)}.")
-    name = parse_spec(target)[0]
-    built = build_target_datasets(target, split=split, data_root=data_root, mapillary_map=mapillary_map)
-    parts = built if isinstance(built, dict) else {name: built}
-    scored: dict[str, SegMetrics] = {}
-    for label, dataset in parts.items():
-        shown = label if label == name else f"{name}-{label}"
-        report_progress = None if progress is None else _bind(progress, shown)
-        scored[label] = evaluate_predictions(folder, dataset, fmt=fmt, max_images=max_images, progress=report_progress)
+    targets = build_targets([target], split=split, data_root=data_root, mapillary_map=mapillary_map, protocol=None)
+    results = {
+        t.name: evaluate_predictions(
+            folder, t.dataset, fmt=fmt, max_images=max_images, progress=progress, task=f"eval {t.name}"
+        )
+        for t in targets
+    }
     return build_eval_report(
-        {name: scored if isinstance(built, dict) else scored[name]},
+        targets,
+        results,
         inference=None,
         split=split,
         mapillary_map=mapillary_map,
         max_images=max_images,
         extra_protocol={"predictions": str(folder), "format": fmt},
     )
-
-
-def _bind(progress: Callable[[str, int, int], None], name: str) -> Callable[[int, int], None]:
-    def report(done: int, total: int) -> None:
-        progress(name, done, total)
-
-    return report

@@ -1,17 +1,21 @@
-"""Evaluating a checkpoint on target datasets, and the evaluation report (`eval.json`, `eval_per_class.csv`).
+"""The evaluation report: one builder for training's evaluation, `ppar eval` and saved predictions.
 
-The report is the JSON shape of `ppar eval --json` (issue 5), IoU in percent, NaN written as null:
+The report is the JSON shape of `ppar eval --json` and of `eval.json`, IoU in percent, NaN written as null:
 
     {"targets": {name: {"miou", "per_class": {class: iou | null}, "acc", "macc", "images", ...}},
      "mean_miou": float | null,
      "protocol": {"checkpoint", "step", "sha256", "split", "mapillary_map", "mode", "crop_size", "stride", "scale",
-                  "long_side", "tta", "ms_scales", "batch_size", "size_divisor", "max_images", "per_target": {...}}}
+                  "long_side", "tta", "ms_scales", "batch_size", "size_divisor", "max_images", "per_target": {...},
+                  "mean_over": "..."}}
 
-Extra keys appear only where the protocol needs them: SYNTHIA (a target named `synthia`, or any target of a model
-trained on SYNTHIA) adds `miou_16` and `miou_19` to the target (and `mean_miou_16` at the top); ACDC (`acdc`, all
-conditions) is evaluated per condition: its `miou`, `acc`, `macc` and `per_class` are means over the conditions,
-`images` their sum, and `conditions` holds each condition's own entry. `protocol.per_target` lists the inference
-fields a target ran with that differ from the common protocol (Mapillary's long side of 2048, labels.md).
+`mean_miou` is the mean over the targets of their mIoU (`mean_over_targets`): a target whose mIoU is undefined is
+left out and named in `mean_skipped`. A target with parts (ACDC's `acdc`) counts ONCE: its `miou`, `acc`, `macc` and
+`per_class` come from the confusion matrices of its parts summed over all their images ("ACDC all"), `images` is
+their sum, `pooled` lists the parts, and `conditions` holds each part's own entry (sub-rows, not in the mean).
+Targets whose labels use a subset of the classes (SYNTHIA's 16), and every target of a model trained on such a
+source, also get `miou_16` and `miou_19` (and `mean_miou_16` at the top). `protocol.per_target` lists the inference
+fields a target ran with that differ from the common protocol (Mapillary's long side of 2048, labels.md); samples
+skipped as unreadable (`data.skip_bad`) are listed per target in `skipped`.
 """
 
 from __future__ import annotations
@@ -20,153 +24,74 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ppar_core.inference import InferenceConfig
+from ppar_core.config import TrainConfig
+from ppar_core.data.registry import dataset_info, parse_spec
+from ppar_core.evaluation.targets import Target
 from ppar_core.files import atomic_write, file_sha256
-from ppar_core.labels import CLASS_NAMES, SYNTHIA16_TRAIN_IDS
-from ppar_core.metrics import SegMetrics
+from ppar_core.inference import InferenceConfig
+from ppar_core.labels import CLASS_NAMES
+from ppar_core.metrics import SegMetrics, pooled_metrics
 
-if TYPE_CHECKING:
-    from ppar_core.config import TrainConfig
-    from ppar_core.data import SegDataset
-
-REPORT_FILE = "eval.json"
-PER_CLASS_FILE = "eval_per_class.csv"
-MAPILLARY_LONG_SIDE = 2048  # labels.md: Mapillary is resized so its long side is 2048 unless told otherwise
-
-# A target's result: one SegMetrics, or one per condition (ACDC) keyed by condition name.
-TargetResult = SegMetrics | Mapping[str, SegMetrics]
-ProgressFn = Callable[[str, int, int], None]
+REPORT_FILE = "eval.json"  # the report a training run writes into its folder
+MEAN_OVER = (
+    "mean_miou is the mean over targets of their mIoU (targets with an undefined mIoU are left out and listed in "
+    "mean_skipped); a target with conditions (acdc) counts once, its figures pooled over all its images"
+)
 
 
-def target_inference(name: str, base: InferenceConfig, *, scale_given: bool) -> InferenceConfig:
-    """The inference protocol for target `name`: Mapillary gets long side 2048 unless a scale or long side was given."""
-    if name == "mapillary" and not scale_given:
-        return replace(base, long_side=MAPILLARY_LONG_SIDE)
-    return base
+def mean_over_targets(mious: Mapping[str, float | None]) -> tuple[float | None, list[str]]:
+    """The mean of the targets' mIoU -> (mean or None when none is defined, names of the targets left out).
 
-
-def build_target_datasets(
-    spec: str, *, split: str, data_root: str | Path | None, mapillary_map: str
-) -> SegDataset | dict[str, SegDataset]:
-    """Datasets of one target spec (`NAME` or `NAME=PATH`): ACDC `acdc` gives one dataset per condition."""
-    from ppar_core.data import build_dataset
-    from ppar_core.data.datasets.acdc import CONDITIONS
-    from ppar_core.data.registry import parse_spec
-
-    name, path = parse_spec(spec)
-    if name == "acdc":
-        suffix = f"={path}" if path is not None else ""
-        return {
-            c: build_dataset(f"acdc-{c}{suffix}", split=split, data_root=data_root, mapillary_map=mapillary_map)
-            for c in CONDITIONS
-        }
-    return build_dataset(spec, split=split, data_root=data_root, mapillary_map=mapillary_map)
-
-
-def evaluate_checkpoint(
-    path: str | Path,
-    *,
-    targets: list[str] | None = None,
-    data_root: str | Path | None = None,
-    split: str | None = None,
-    mapillary_map: str | None = None,
-    inference: Mapping[str, Any] | None = None,
-    device: str = "auto",
-    max_images: int | None = None,
-    progress: ProgressFn | None = None,
-) -> dict[str, Any]:
-    """Evaluate a checkpoint on `targets` (default: its config's `data.targets`) -> the report dict.
-
-    `inference` replaces fields of the checkpoint's `eval` InferenceConfig (mode, crop_size, stride, scale,
-    long_side, tta, batch_size). `split` / `mapillary_map` default to the checkpoint's data config. Every target's
-    dataset is built (and its layout checked) before the first image is evaluated. `progress(target, done, total)`.
+    The one mean over targets: reports, training's log records and every table use it. None and NaN are undefined.
     """
-    from ppar_core.data.registry import parse_spec
-    from ppar_core.evaluation.evaluate import evaluate_dataset
-    from ppar_core.predict import load_segmentor
-    from ppar_core.runtime import resolve_device
-
-    dev = resolve_device(device)
-    model, cfg, checkpoint = load_segmentor(path, device=dev)
-    changes = {k: v for k, v in (inference or {}).items() if v is not None}
-    base = replace(cfg.eval, **changes).validate()
-    split = split or cfg.data.target_split
-    mapillary_map = mapillary_map or cfg.data.mapillary_map
-    specs = list(targets) if targets else list(cfg.data.targets)
-    datasets = {
-        parse_spec(s)[0]: build_target_datasets(s, split=split, data_root=data_root or cfg.data.data_root,
-                                                mapillary_map=mapillary_map)
-        for s in specs
-    }  # fmt: skip
-    scale_given = "scale" in changes or "long_side" in changes
-    protocols = {name: target_inference(name, base, scale_given=scale_given) for name in datasets}
-
-    results: dict[str, TargetResult] = {}
-    for name, ds in datasets.items():
-        parts = ds if isinstance(ds, dict) else {name: ds}
-        scored: dict[str, SegMetrics] = {}
-        for label, dataset in parts.items():
-            shown = label if label == name else f"{name}-{label}"
-            scored[label] = evaluate_dataset(
-                model.infer, dataset, protocols[name], num_classes=model.num_classes, device=dev, max_images=max_images,
-                progress=None if progress is None else _named(progress, shown),
-            )  # fmt: skip
-        results[name] = scored if isinstance(ds, dict) else scored[name]
-    trained_on_synthia = parse_spec(cfg.data.source)[0] == "synthia"
-    return build_eval_report(
-        results,
-        inference=base,
-        split=split,
-        mapillary_map=mapillary_map,
-        checkpoint=Path(path),
-        step=checkpoint.step,
-        synthia=trained_on_synthia,
-        per_target={n: p for n, p in protocols.items() if p != base},
-        max_images=max_images,
-    )
-
-
-def _named(progress: ProgressFn, name: str) -> Callable[[int, int], None]:
-    def report(done: int, total: int) -> None:
-        progress(name, done, total)
-
-    return report
+    defined = {n: float(v) for n, v in mious.items() if v is not None and not math.isnan(float(v))}
+    skipped = [n for n in mious if n not in defined]
+    return (sum(defined.values()) / len(defined) if defined else None), skipped
 
 
 def build_eval_report(
-    results: Mapping[str, TargetResult],
+    targets: Sequence[Target],
+    results: Mapping[str, SegMetrics],
     *,
     inference: InferenceConfig | None,
     split: str,
     mapillary_map: str,
     checkpoint: Path | None = None,
     step: int | None = None,
-    synthia: bool = False,
-    per_target: Mapping[str, InferenceConfig] | None = None,
+    source_classes: tuple[int, ...] | None = None,
     max_images: int | None = None,
     extra_protocol: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report dict (module docstring) of per-target `results`.
+    """The report dict (module docstring) of `results` ({target name: metrics}) on `targets`.
 
-    `inference` None leaves the inference fields out (saved predictions). `checkpoint` is hashed (sha256) here;
-    `synthia` adds the 16-class figures to every target (a target named `synthia` always gets them).
-    `per_target` maps target -> the InferenceConfig it actually ran with.
+    `inference` None leaves the inference fields out (saved predictions). `checkpoint` is hashed (sha256) here.
+    `source_classes`: the classes the training source labels (SYNTHIA's 16), which every target then reports too.
     """
+    groups: dict[str, list[Target]] = {}
+    for target in targets:
+        groups.setdefault(target.group, []).append(target)
+    entries: dict[str, Any] = {}
+    for group, members in groups.items():
+        subset = members[0].classes or source_classes
+        entry = _group_entry(group, members, results)
+        if subset is not None:
+            entry[f"miou_{len(subset)}"] = _mean_over(entry["per_class"], [CLASS_NAMES[i] for i in subset])
+            entry[f"miou_{len(CLASS_NAMES)}"] = _mean_over(entry["per_class"], list(CLASS_NAMES))
+        entries[group] = entry
     base = asdict(inference) if inference is not None else {}
     if inference is not None:
         base["ms_scales"] = list(inference.ms_scales)
-    targets: dict[str, Any] = {}
-    for name, result in results.items():
-        entry = _target_entry(result)
-        if synthia or name == "synthia":
-            entry["miou_16"] = _mean_over(entry["per_class"], [CLASS_NAMES[i] for i in SYNTHIA16_TRAIN_IDS])
-            entry["miou_19"] = _mean_over(entry["per_class"], list(CLASS_NAMES))
-        targets[name] = entry
+    per_target = {
+        t.name: {k: v for k, v in asdict(t.protocol).items() if k != "ms_scales" and base.get(k) != v}
+        for t in targets
+        if inference is not None and t.protocol is not None and t.protocol != inference
+    }
+    mean, mean_skipped = mean_over_targets({name: entry["miou"] for name, entry in entries.items()})
     protocol: dict[str, Any] = {
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "step": step,
@@ -175,68 +100,57 @@ def build_eval_report(
         "mapillary_map": mapillary_map,
         **base,
         "max_images": max_images,
-        "per_target": {
-            name: {k: v for k, v in asdict(cfg).items() if k != "ms_scales" and base.get(k) != v}
-            for name, cfg in (per_target or {}).items()
-        },
+        "per_target": per_target,
+        "mean_over": MEAN_OVER,
         **(extra_protocol or {}),
     }
-    report: dict[str, Any] = {
-        "targets": targets,
-        "mean_miou": _finite_mean([t["miou"] for t in targets.values()]),
-        "protocol": protocol,
-    }
-    if synthia or any("miou_16" in t for t in targets.values()):
-        report["mean_miou_16"] = _finite_mean([t.get("miou_16") for t in targets.values()])
+    report: dict[str, Any] = {"targets": entries, "mean_miou": mean, "protocol": protocol}
+    if mean_skipped:
+        report["mean_skipped"] = mean_skipped
+    subsets = {key for entry in entries.values() for key in entry if key.startswith("miou_")}
+    for key in sorted(k for k in subsets if k != f"miou_{len(CLASS_NAMES)}"):
+        report[f"mean_{key}"] = mean_over_targets({n: e.get(key) for n, e in entries.items() if key in e})[0]
     return report
 
 
-def training_eval_report(
-    cfg: TrainConfig,
-    results: Mapping[str, TargetResult],
-    *,
-    checkpoint: Path,
-    step: int,
-    per_target: Mapping[str, InferenceConfig] | None = None,
+def training_report(
+    cfg: TrainConfig, targets: Sequence[Target], results: Mapping[str, SegMetrics], *, checkpoint: Path, step: int
 ) -> dict[str, Any]:
-    """The report of a training run's final evaluation, for `eval.json`; `per_target` as in `build_eval_report`."""
-    from ppar_core.data.registry import parse_spec
-
+    """The report of a training run's evaluation (the run's own protocol), as `eval.json` holds it."""
     return build_eval_report(
+        targets,
         results,
         inference=cfg.eval,
         split=cfg.data.target_split,
         mapillary_map=cfg.data.mapillary_map,
         checkpoint=checkpoint,
         step=step,
-        synthia=parse_spec(cfg.data.source)[0] == "synthia",
-        per_target=per_target,
+        source_classes=dataset_info(parse_spec(cfg.data.source)[0]).classes,
         max_images=cfg.data.eval_max_images,
     )
 
 
-def _target_entry(result: TargetResult) -> dict[str, Any]:
-    if isinstance(result, SegMetrics):
-        return result.to_dict(list(CLASS_NAMES))
-    conditions = {c: m.to_dict(list(CLASS_NAMES)) for c, m in result.items()}
-    entries = list(conditions.values())
-    return {
-        "miou": _finite_mean([e["miou"] for e in entries]),
-        "per_class": {c: _finite_mean([e["per_class"].get(c) for e in entries]) for c in entries[0]["per_class"]},
-        "acc": _finite_mean([e["acc"] for e in entries]),
-        "macc": _finite_mean([e["macc"] for e in entries]),
-        "images": sum(int(e["images"]) for e in entries),
-        "conditions": conditions,
-    }
+def _entry(metrics: SegMetrics) -> dict[str, Any]:
+    entry = metrics.to_dict(list(CLASS_NAMES))
+    if metrics.skipped:
+        entry["skipped"] = list(metrics.skipped)
+    return entry
 
 
-def _finite_mean(values: list[float | None]) -> float | None:
-    defined = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+def _group_entry(group: str, members: list[Target], results: Mapping[str, SegMetrics]) -> dict[str, Any]:
+    if len(members) == 1 and members[0].name == group:
+        return _entry(results[group])
+    parts = [results[m.name] for m in members]
+    entry = _entry(pooled_metrics(parts))
+    entry["pooled"] = [m.name for m in members]
+    entry["conditions"] = {m.name.removeprefix(f"{group}-"): _entry(results[m.name]) for m in members}
+    return entry
+
+
+def _mean_over(per_class: Mapping[str, float | None], names: Iterable[str]) -> float | None:
+    values = [per_class.get(n) for n in names]
+    defined = [float(v) for v in values if v is not None]
     return sum(defined) / len(defined) if defined else None
-
-
-def _mean_over(per_class: Mapping[str, float | None], names: list[str]) -> float | None:
-    return _finite_mean([per_class.get(n) for n in names])
 
 
 def per_class_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -256,16 +170,45 @@ def _cell(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def write_eval_report(out_dir: str | Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write `eval.json` and `eval_per_class.csv` into `out_dir` atomically -> their paths."""
-    out = Path(out_dir)
-    json_path, csv_path = out / REPORT_FILE, out / PER_CLASS_FILE
+def report_name(report: Mapping[str, Any]) -> str:
+    """A file name saying what a report measured: `eval_<targets>_<protocol>.json`, e.g.
+    `eval_cityscapes+bdd100k_slide512s341.json`, `eval_acdc_whole_flip_val_first40.json`,
+    `eval_cityscapes_labelid-predictions.json`; never `eval.json`, the name of a training run's own report."""
+    protocol = report["protocol"]
+    parts = ["eval", "+".join(report["targets"]) or "none"]
+    if "format" in protocol:
+        parts.append(f"{protocol['format']}-predictions")
+    else:
+        mode = protocol["mode"]
+        parts.append(f"slide{protocol['crop_size']}s{protocol['stride']}" if mode == "slide" else mode)
+        if protocol["long_side"] is not None:
+            parts.append(f"long{protocol['long_side']}")
+        elif protocol["scale"] != 1.0:
+            parts.append(f"x{protocol['scale']:g}")
+        if protocol["tta"] != "none":
+            parts.append(protocol["tta"])
+    if protocol["split"] != "val":
+        parts.append(Path(protocol["split"]).stem)
+    if protocol.get("max_images") is not None:
+        parts.append(f"first{protocol['max_images']}")
+    return "_".join(parts) + ".json"
+
+
+def per_class_path(json_path: Path) -> Path:
+    """The per-class CSV written beside a report: `eval.json` -> `eval_per_class.csv`."""
+    return json_path.with_name(f"{json_path.stem}_per_class.csv")
+
+
+def write_eval_report(json_path: str | Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write the report as `json_path` and its per-class table beside it, each atomically -> both paths."""
+    json_path = Path(json_path)
+    csv_path = per_class_path(json_path)
     text = json.dumps(report, indent=2) + "\n"
-    atomic_write(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     header, rows = per_class_table(report)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
+    atomic_write(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     atomic_write(csv_path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
     return json_path, csv_path

@@ -11,23 +11,45 @@ reweighting live here as buffers so they travel with every checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from ppar_core.clip.encoder import DenseClipEncoder
+from ppar_core.clip.presets import get_preset
+from ppar_core.clip.weights import build_clip_model, resolve_quick_gelu
+from ppar_core.errors import PparError
 from ppar_core.modeling.decode_head import HeadConfig, PixelEmbeddingHead, PrototypeClassifier
 from ppar_core.modeling.vtp import VisualTextPrototypes, VTPConfig
-from ppar_core.reliability import WEIGHT_STAT_BUFFERS, empty_weight_stats
+from ppar_core.prototypes import Prototypes
+from ppar_core.reliability import WeightStats
 from ppar_core.runtime import autocast
 
-if TYPE_CHECKING:
-    from ppar_core.config import ModelConfig
-    from ppar_core.prototypes import Prototypes
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str = "vit-b16"  # a key of ppar_core.clip.presets.CLIP_PRESETS
+    # "default" = the preset's own weights (openai for the CLIP presets, random for tiny), an open_clip tag, a local
+    # weights file, or None / "none" for random initialisation. Resolved when a run starts.
+    pretrained: str | None = "default"
+    quick_gelu: bool | None = None  # the tower's activation; None = as the weights require (resolved at start)
+    prototypes: str | None = None  # a prototypes file (`ppar prototypes build`); None = built from the text tower
+    templates: str = "street"  # template set or file, used only when the prototypes are built at start
+    freeze_backbone: bool = False  # True: the CLIP image tower gets no gradient at all
+    backbone_lr_mult: float = 0.1  # learning-rate multiplier of the CLIP image tower
+    head: HeadConfig = field(default_factory=HeadConfig)
+    vtp: VTPConfig = field(default_factory=VTPConfig)
+
+    def validate(self) -> ModelConfig:
+        """Raise PparError naming the first bad field; returns self so it chains."""
+        if self.backbone_lr_mult < 0:
+            raise PparError(f"Config field model.backbone_lr_mult must not be negative, got {self.backbone_lr_mult}.")
+        self.head.validate()
+        self.vtp.validate()
+        return self
 
 
 @dataclass
@@ -42,11 +64,6 @@ class PPARSegmentor(nn.Module):
     """A CLIP-based segmentor whose classifier weights are image-conditioned text prototypes."""
 
     otp: Tensor  # (K,D) unit rows, a fixed buffer
-    weight_hist: Tensor  # (K,20) float64
-    weight_sum: Tensor  # (K,) float64
-    weight_count: Tensor
-    weight_low: Tensor
-    weight_high: Tensor
 
     def __init__(
         self,
@@ -66,9 +83,8 @@ class PPARSegmentor(nn.Module):
         self.vtp = VisualTextPrototypes(otp, vtp_cfg, init_visual=init_visual)
         self.classifier = PrototypeClassifier(head_cfg)
         self.register_buffer("otp", F.normalize(otp.float(), dim=-1).clone())
-        # Reliability statistics (float64 so that millions of pixels add up exactly): per-class histogram of the
-        # applied weights, their sum, the pixel count, and exact counts below 0.5 and above 2.
-        for name, zeros in zip(WEIGHT_STAT_BUFFERS, empty_weight_stats(num_classes).values(), strict=True):
+        # Reliability statistics (ppar_core.reliability), buffers so that every checkpoint carries them.
+        for name, zeros in WeightStats.zeros(num_classes).buffers().items():
             self.register_buffer(name, zeros)
 
     @property
@@ -105,16 +121,14 @@ class PPARSegmentor(nn.Module):
         """images (B,3,H,W) -> logits (B,K,H,W) float32 at the input size (bilinear), for inference."""
         return F.interpolate(self.infer(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-    def weight_stats(self) -> tuple[Tensor, ...]:
-        """The statistics buffers (hist, sums, counts, low, high), as `update_weight_stats` takes them."""
-        return tuple(getattr(self, name) for name in WEIGHT_STAT_BUFFERS)
+    @property
+    def weight_stats(self) -> WeightStats:
+        """The reliability statistics, a view over this module's buffers (updates write into them)."""
+        return WeightStats.from_buffers(dict(self.named_buffers()))
 
 
 def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
     """Make `pretrained` and `quick_gelu` concrete, so that the saved config rebuilds the same model offline."""
-    from ppar_core.clip.presets import get_preset
-    from ppar_core.clip.weights import resolve_quick_gelu
-
     preset = get_preset(cfg.preset)
     pretrained = cfg.pretrained
     if pretrained == "default":
@@ -127,8 +141,6 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
 
 def _freeze_batchnorm(module: nn.Module) -> None:
     """Replace every BatchNorm2d (CLIP ResNets) by a frozen copy: batches of 1-8 crops must not retrain statistics."""
-    from torchvision.ops import FrozenBatchNorm2d
-
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
@@ -141,54 +153,17 @@ def _freeze_batchnorm(module: nn.Module) -> None:
             _freeze_batchnorm(child)
 
 
-def build_segmentor(
-    cfg: ModelConfig,
-    *,
-    otp: Tensor | None = None,
-    init_visual: Tensor | None = None,
-    pretrained: str | None | bool = True,
-) -> tuple[PPARSegmentor, Prototypes]:
-    """Build the segmentor of `cfg` and the prototypes it starts from.
+def build_segmentor(cfg: ModelConfig, *, prototypes: Prototypes, load_weights: bool = True) -> PPARSegmentor:
+    """The segmentor of `cfg` over `prototypes` (the OTP, and the visual prototypes that start the VTP memory).
 
-    The OTP comes from `otp` when given (e.g. zeros before a checkpoint is loaded over it), else from the prototypes
-    file `cfg.prototypes`, else from the CLIP text tower with `cfg.templates` (the text tower is dropped afterwards).
-    `pretrained=True` loads `cfg.pretrained`; pass None to skip weight loading (a checkpoint will be loaded instead).
-    `cfg` should have been through `resolve_model_config`.
+    `load_weights` loads the CLIP weights `cfg.pretrained` names; pass False when a checkpoint will be loaded over
+    the model. `cfg` should have been through `resolve_model_config`. Prototypes come from `ppar_core.prototypes`
+    (a file, or `build_prototypes` with the same tower).
     """
-    from ppar_core.clip.presets import get_preset
-    from ppar_core.clip.text import build_text_prototypes, class_prompt_names, load_templates
-    from ppar_core.clip.weights import build_clip_model, get_tokenizer
-    from ppar_core.labels import CLASS_NAMES, NUM_CLASSES
-    from ppar_core.prototypes import Prototypes, load_prototypes
-
     preset = get_preset(cfg.preset)
-    weights = cfg.pretrained if pretrained is True else (pretrained or None)
-    clip = build_clip_model(preset, pretrained=weights, quick_gelu=cfg.quick_gelu)
-    if otp is not None:
-        protos = Prototypes(otp=otp, visual=init_visual, visual_counts=None, meta={"source": "given"})
-    elif cfg.prototypes:
-        protos = load_prototypes(Path(cfg.prototypes), expect_dim=preset.embed_dim, expect_classes=NUM_CLASSES)
-    else:
-        templates = load_templates(cfg.templates)
-        names = class_prompt_names(CLASS_NAMES)
-        text_otp = build_text_prototypes(clip, get_tokenizer(preset), names, templates)
-        protos = Prototypes(
-            otp=text_otp,
-            visual=None,
-            visual_counts=None,
-            meta={
-                "model": preset.name,
-                "pretrained": weights or "none (random weights)",
-                "classes": list(CLASS_NAMES),
-                "templates": list(templates),
-                "label_space": "cityscapes",
-                "dim": preset.embed_dim,
-            },
-        )
+    clip = build_clip_model(preset, pretrained=cfg.pretrained if load_weights else None, quick_gelu=cfg.quick_gelu)
     encoder = DenseClipEncoder(clip.visual, preset)
     if preset.kind == "resnet":
         _freeze_batchnorm(encoder)
-    del clip  # the text tower is not part of the trained model
-    visual = init_visual if init_visual is not None else protos.visual
-    model = PPARSegmentor(encoder, protos.otp, head_cfg=cfg.head, vtp_cfg=cfg.vtp, init_visual=visual)
-    return model, protos
+    del clip  # the text tower is not part of the model
+    return PPARSegmentor(encoder, prototypes.otp, head_cfg=cfg.head, vtp_cfg=cfg.vtp, init_visual=prototypes.visual)

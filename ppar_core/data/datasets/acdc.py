@@ -34,9 +34,7 @@ _TRAINID_SUFFIX = "_gt_labelTrainIds"
 _LABELID_SUFFIX = "_gt_labelIds"
 
 
-def build_acdc(
-    root: Path, *, conditions: Sequence[str] = CONDITIONS, split: str = "train", skip_bad: bool = False
-) -> SegDataset:
+def build_acdc(root: Path, *, conditions: Sequence[str] = CONDITIONS, split: str = "train") -> SegDataset:
     """ACDC `conditions` (default all four) of split train or val under `root`."""
     if split == "test":
         raise PparError("ACDC test labels are withheld by the benchmark: use split train or val (or `ppar predict`).")
@@ -66,6 +64,5 @@ def build_acdc(
         pairs=pairs,
         orphans=orphans,
         decoder=LabelDecoder(id_map=LABELID_MAP, by_suffix=((_TRAINID_SUFFIX + ".png", TRAINID_MAP),)),
-        skip_bad=skip_bad,
         key_suffixes=(_IMAGE_SUFFIX,),
     )

@@ -30,7 +30,7 @@ LAYOUT = "images/10k/<split>/*.jpg and labels/sem_seg/masks/<split>/*.png (or th
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-def build_bdd100k(root: Path, *, split: str = "train", skip_bad: bool = False) -> SegDataset:
+def build_bdd100k(root: Path, *, split: str = "train") -> SegDataset:
     """BDD100K 10K split train or val under `root` (current or older release layout)."""
     check_split(split, SPLITS, "BDD100K")
     suffixes: tuple[str, ...] = ()
@@ -58,7 +58,6 @@ def build_bdd100k(root: Path, *, split: str = "train", skip_bad: bool = False) -
         pairs=pairs,
         orphans=orphans,
         decoder=LabelDecoder(id_map=TRAINID_MAP),
-        skip_bad=skip_bad,
     )
 
 

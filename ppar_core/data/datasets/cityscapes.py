@@ -30,7 +30,7 @@ _TRAINID_SUFFIX = "_gtFine_labelTrainIds"
 _LABELID_SUFFIX = "_gtFine_labelIds"
 
 
-def build_cityscapes(root: Path, *, split: str = "train", skip_bad: bool = False) -> SegDataset:
+def build_cityscapes(root: Path, *, split: str = "train") -> SegDataset:
     """Cityscapes split `split` (train, val or test) under `root`."""
     check_split(split, SPLITS, "Cityscapes")
     require_dirs(root, "Cityscapes", LAYOUT, f"leftImg8bit/{split}", f"gtFine/{split}")
@@ -47,6 +47,5 @@ def build_cityscapes(root: Path, *, split: str = "train", skip_bad: bool = False
         pairs=pairs,
         orphans=orphans,
         decoder=LabelDecoder(id_map=LABELID_MAP, by_suffix=((_TRAINID_SUFFIX + ".png", TRAINID_MAP),)),
-        skip_bad=skip_bad,
         key_suffixes=(_IMAGE_SUFFIX,),
     )

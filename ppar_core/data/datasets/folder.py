@@ -19,10 +19,12 @@ from ppar_core.data.base import (
     select_by_list,
 )
 from ppar_core.data.io import LABELID_MAP, TRAINID_MAP, IdMap, load_id_map_file
+from ppar_core.errors import PparError
+from ppar_core.imageio import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUT = "images/*.{png,jpg} and labels/*.png paired by file stem"
-ID_MAPS = ("trainid", "labelid")
+# A flat dataset has no official split: each name returns every pair; a `.txt` list file selects a subset.
+FLAT_SPLITS = ("train", "val", "all")
 
 
 def resolve_id_map(id_map: str) -> IdMap:
@@ -34,11 +36,14 @@ def resolve_id_map(id_map: str) -> IdMap:
     return load_id_map_file(Path(id_map).expanduser())
 
 
-def build_flat(
-    root: Path, *, dataset: str, split: str, skip_bad: bool, id_map: IdMap, layout: str = LAYOUT
-) -> SegDataset:
-    """A dataset from `<root>/images` + `<root>/labels` (flat, no official split: every split name returns all
-    pairs; a split ending in `.txt` is a list file selecting a subset)."""
+def build_flat(root: Path, *, dataset: str, split: str, id_map: IdMap, layout: str = LAYOUT) -> SegDataset:
+    """A dataset from `<root>/images` + `<root>/labels` (flat, no official split: train, val and all return every
+    pair; a split ending in `.txt` is a list file selecting a subset; any other name is refused)."""
+    if not is_list_split(split) and split not in FLAT_SPLITS:
+        raise PparError(
+            f"Unknown {dataset} split {split!r}: use one of {', '.join(FLAT_SPLITS)} (the same pairs) or a .txt "
+            "list of file names."
+        )
     require_dirs(root, dataset, layout, "images", "labels")
     images, dup_images = index_files(root / "images", extensions=IMAGE_EXTENSIONS)
     label_files, dup_labels = index_files(root / "labels", extensions=(".png",))
@@ -54,10 +59,9 @@ def build_flat(
         pairs=pairs,
         orphans=orphans,
         decoder=LabelDecoder(id_map=id_map),
-        skip_bad=skip_bad,
     )
 
 
-def build_folder(root: Path, *, split: str = "all", skip_bad: bool = False, id_map: str = "trainid") -> SegDataset:
+def build_folder(root: Path, *, split: str = "all", id_map: str = "trainid") -> SegDataset:
     """User folders `<root>/images`, `<root>/labels`; `id_map` is trainid, labelid or a JSON file path."""
-    return build_flat(root, dataset="folder", split=split, skip_bad=skip_bad, id_map=resolve_id_map(id_map))
+    return build_flat(root, dataset="folder", split=split, id_map=resolve_id_map(id_map))

@@ -16,6 +16,6 @@ from ppar_core.data.io import LABELID_MAP
 LAYOUT = "images/*.png and labels/*.png (palettised labelIds), paired by file name"
 
 
-def build_gta5(root: Path, *, split: str = "train", skip_bad: bool = False) -> SegDataset:
+def build_gta5(root: Path, *, split: str = "train") -> SegDataset:
     """GTA5 under `root`: every pair for train/val/all, or those named in a `.txt` list file."""
-    return build_flat(root, dataset="gta5", split=split, skip_bad=skip_bad, id_map=LABELID_MAP, layout=LAYOUT)
+    return build_flat(root, dataset="gta5", split=split, id_map=LABELID_MAP, layout=LAYOUT)

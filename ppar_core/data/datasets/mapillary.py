@@ -30,9 +30,7 @@ CONFIG_NAME = "config_v1.2.json"
 LAYOUT = f"{CONFIG_NAME}, <training|validation>/images/*.jpg and <training|validation>/v1.2/labels/*.png"
 
 
-def build_mapillary(
-    root: Path, *, split: str = "train", skip_bad: bool = False, mapillary_map: str = "id"
-) -> SegDataset:
+def build_mapillary(root: Path, *, split: str = "train", mapillary_map: str = "id") -> SegDataset:
     """Mapillary Vistas v1.2 split train or val under `root`, mapped to trainIds with the `id` or `name` map."""
     if split not in SPLIT_FOLDERS:
         raise PparError(f"Unknown Mapillary split {split!r}: use one of train, val.")
@@ -56,7 +54,6 @@ def build_mapillary(
         pairs=pairs,
         orphans=orphans,
         decoder=LabelDecoder(id_map=id_map),
-        skip_bad=skip_bad,
     )
 
 

@@ -15,6 +15,6 @@ from ppar_core.data.io import TRAINID_MAP
 LAYOUT = "images/*.png and labels/*.png (trainIds), as written by `ppar data synth`"
 
 
-def build_synth(root: Path, *, name: str = "synth", split: str = "train", skip_bad: bool = False) -> SegDataset:
+def build_synth(root: Path, *, name: str = "synth", split: str = "train") -> SegDataset:
     """A synthetic domain folder under `root`, reported as dataset `name` (e.g. `synth-night`)."""
-    return build_flat(root, dataset=name, split=split, skip_bad=skip_bad, id_map=TRAINID_MAP, layout=LAYOUT)
+    return build_flat(root, dataset=name, split=split, id_map=TRAINID_MAP, layout=LAYOUT)

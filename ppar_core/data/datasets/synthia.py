@@ -27,7 +27,7 @@ _NUM_SYNTHIA_IDS = 23  # SYNTHIA-RAND-CITYSCAPES class ids 0-22
 SYNTHIA_MAP = id_map_from_lut("SYNTHIA", labels.SYNTHIA_ID_TO_TRAINID, range(_NUM_SYNTHIA_IDS))
 
 
-def build_synthia(root: Path, *, split: str = "train", skip_bad: bool = False) -> SegDataset:
+def build_synthia(root: Path, *, split: str = "train") -> SegDataset:
     """SYNTHIA under `root`: every pair for train/val/all, or those named in a `.txt` list file."""
     require_dirs(root, "SYNTHIA", LAYOUT, "RGB", "GT/LABELS")
     images, dup_images = index_files(root / "RGB", extensions=(".png",))
@@ -44,5 +44,4 @@ def build_synthia(root: Path, *, split: str = "train", skip_bad: bool = False) -
         pairs=pairs,
         orphans=orphans,
         decoder=LabelDecoder(id_map=SYNTHIA_MAP, synthia16bit=True),
-        skip_bad=skip_bad,
     )

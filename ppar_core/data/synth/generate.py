@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from ppar_core.data.synth.street import background, furniture, lay_street, roads
 from ppar_core.data.synth.styles import BUILTIN_STYLES, DEFAULT_DOMAINS, Style, render
 from ppar_core.errors import PparError
 from ppar_core.files import atomic_write
+from ppar_core.progress import ProgressFn
 
 GENERATOR_VERSION = 1  # bump when layouts or rendering change, so style.json tells old folders apart
 
@@ -139,13 +140,13 @@ def write_domains(
     size: tuple[int, int] = (256, 512),
     seed: int = 0,
     styles: Mapping[str, Style] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Path]:
     """Write `num` samples of each domain -> {domain: out/domain}.
 
     Layout: `out/<domain>/images/<domain>_<index:05d>.png` (RGB), the label with the same name under `labels/`
     (single-channel uint8 trainIds), and `out/<domain>/style.json` (style, seed, size, num, generator version).
-    `styles` adds to or overrides BUILTIN_STYLES. `progress(done, total)` is called after every sample.
+    `styles` adds to or overrides BUILTIN_STYLES. `progress("synth", done, total)` is called after every sample.
     """
     size = _check_size(size)
     if not isinstance(num, int) or num < 0:
@@ -181,6 +182,6 @@ def write_domains(
                     pending.popleft().result()  # re-raises a failed write; bounds the memory held
                     done += 1
                     if progress is not None:
-                        progress(done, total)
+                        progress("synth", done, total)
         folders[domain] = folder
     return folders

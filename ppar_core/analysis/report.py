@@ -1,0 +1,64 @@
+"""The shape of a reliability analysis: `WeightReport` (what `ppar analyze-weights --json` prints) and its parts.
+
+Plain data: `weights` computes it, `plots` draws it, the CLI renders it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ImageWeights:
+    """One analysed image: its file, the mean weight and the share of pixels below 0.5 (labelled pixels only)."""
+
+    file: str
+    name: str
+    mean: float | None  # None when the image has no labelled pixel
+    low_fraction: float
+    low_pixels: int
+    pixels: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "mean": self.mean, "low_fraction": self.low_fraction}
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """How the recorded steps split by weight ramp: warm-up (w = 1 recorded), ramp-in (0 < ramp < 1), full."""
+
+    warmup: int
+    ramp: int
+    full: int
+
+
+@dataclass
+class WeightReport:
+    """The result of one analysis; `to_dict()` is the JSON object of `ppar analyze-weights --json`."""
+
+    source: str  # "checkpoint" or "data"
+    checkpoint: Path
+    step: int  # the checkpoint's training step
+    method: str  # the run's loss.method
+    reweight: str  # the run's loss.reweight
+    weights_applied: bool  # False for runs trained without reweighting (their statistics are empty)
+    mode: str  # reliability mode of the weights shown: the run's, or "otp" for a run without reweighting
+    w_max: float  # the histograms' bins are uniform over [0, w_max]
+    classes: dict[str, dict[str, Any]]  # summarize_weight_stats output, one entry per class
+    images: list[ImageWeights] = field(default_factory=list)  # most down-weighted first (source "data")
+    schedule: StepSchedule | None = None  # source "checkpoint": what the recorded steps applied
+    files: list[Path] = field(default_factory=list)  # PNGs written
+    plots_note: str | None = None  # why the matplotlib plots were not written, and how to get them
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "classes": self.classes,
+            "images": [image.to_dict() for image in self.images],
+        }
+
+    @property
+    def total_pixels(self) -> int:
+        return sum(int(entry["pixels"]) for entry in self.classes.values())

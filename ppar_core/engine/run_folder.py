@@ -1,0 +1,70 @@
+"""A training run's folder: what is in it and how each file is written.
+
+<out>/config.json              the resolved config (written once, when the run starts)
+<out>/last.safetensors         the model checkpoint (+ `last.state.safetensors`, the state to resume exactly)
+<out>/prototypes.safetensors   the prototypes built at start, when no prototypes file was given
+<out>/metrics.jsonl            one JSON record per logged step and per evaluation
+<out>/eval.json                the run's final evaluation report (+ eval_per_class.csv); never replaced by
+                               a later `ppar eval`, which writes reports of its own name
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ppar_core.checkpoint import save_checkpoint, save_training_state, sibling_state_path
+from ppar_core.config import TrainConfig, to_dict
+from ppar_core.evaluation.report import REPORT_FILE
+from ppar_core.files import atomic_write
+from ppar_core.runtime import capture_rng_state
+
+MODEL_FILE = "last.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+PROTOTYPES_FILE = "prototypes.safetensors"
+
+
+class RunFolder:
+    """Paths and writers of one run folder (see the module docstring)."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.model = self.out / MODEL_FILE
+        self.state = sibling_state_path(self.model)
+        self.config = self.out / CONFIG_FILE
+        self.metrics = self.out / METRICS_FILE
+        self.prototypes = self.out / PROTOTYPES_FILE
+        self.report = self.out / REPORT_FILE
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        text = json.dumps(to_dict(cfg), indent=2) + "\n"
+        atomic_write(self.config, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, *, after_step: int) -> None:
+        """On resume, drop the records of steps the resumed run will repeat."""
+        if not self.metrics.exists():
+            return
+        lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        keep = [line for line in lines if line and json.loads(line).get("step", 0) <= after_step]
+        text = "".join(line + "\n" for line in keep)
+        atomic_write(self.metrics, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def save(
+        self, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, extra: dict[str, Any]
+    ) -> None:
+        """The checkpoint pair: model first, then state. A crash between the two leaves a model newer than its
+        state, which resume detects (their steps differ)."""
+        save_checkpoint(self.model, tensors=model.state_dict(), config=to_dict(cfg), step=step, extra=extra)
+        rng_tensors, rng_meta = capture_rng_state()
+        save_training_state(
+            self.state, step=step, optimizer=optimizer, extra_tensors=rng_tensors, meta={"rng": rng_meta}
+        )
