@@ -96,7 +96,7 @@ def build_tower(crop: int) -> Any:
 
 
 def inference_config(args: argparse.Namespace) -> Any:
-    from ppar_core.inference import InferenceConfig
+    from ppar_core.protocol import InferenceConfig
 
     return InferenceConfig(mode="slide", crop_size=args.crop, stride=args.stride, batch_size=args.batch_size)
 
@@ -113,7 +113,7 @@ def run_tower(visual: Any, image: Any, args: argparse.Namespace) -> None:
     `visual` may also be ppar's `DenseClipEncoder` (the "encoder" path: ppar's tower without its head)."""
     import torch
 
-    from ppar_core.inference import window_starts
+    from ppar_core.protocol import window_starts
 
     h, w = image.shape[-2:]
     boxes = [(y, x) for y in window_starts(h, args.crop, args.stride) for x in window_starts(w, args.crop, args.stride)]
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ppar_core.inference import window_starts
+    from ppar_core.protocol import window_starts
 
     windows = len(window_starts(args.height, args.crop, args.stride)) * len(
         window_starts(args.width, args.crop, args.stride)

@@ -22,11 +22,11 @@ import tomllib
 
 from ppar_core.data.transforms import TrainAugment
 from ppar_core.errors import PparError
-from ppar_core.inference import InferenceConfig
 from ppar_core.losses import LossConfig
 from ppar_core.modeling.decode_head import HeadConfig
 from ppar_core.modeling.segmentor import ModelConfig
 from ppar_core.modeling.vtp import VTPConfig
+from ppar_core.protocol import InferenceConfig
 
 T = TypeVar("T")
 

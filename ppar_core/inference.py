@@ -11,79 +11,16 @@ not add up (`PENDING_BYTES`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ppar_core.errors import PparError
+from ppar_core.protocol import InferenceConfig, padded_size, scaled_size, window_starts
 
 ModelFn = Callable[[Tensor], Tensor]
-
-INFERENCE_MODES: tuple[str, ...] = ("slide", "whole")
-TTA_MODES: tuple[str, ...] = ("none", "flip", "ms-flip")
-
-
-@dataclass(frozen=True)
-class InferenceConfig:
-    """How an image becomes class scores (the protocol of labels.md, recorded in every evaluation report)."""
-
-    mode: str = "slide"  # "slide": overlapping crop_size windows; "whole": the full image in one forward
-    crop_size: int = 512  # side of a square sliding window, in pixels of the (rescaled) image
-    stride: int = 341  # step between windows, pixels; <= crop_size so that windows cover the image
-    scale: float = 1.0  # resize factor applied to the image before inference
-    long_side: int | None = None  # if set, resize so the long side is this many pixels (overrides scale)
-    tta: str = "none"  # "none", "flip" (horizontal), "ms-flip" (every scale in ms_scales, each with its flip)
-    ms_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # relative to scale / long_side
-    batch_size: int = 4  # windows per forward
-    size_divisor: int = 32  # each window / whole image is zero-padded to a multiple of this, logits cropped back
-
-    def validate(self) -> InferenceConfig:
-        """Raise PparError naming the first bad option; return self so calls can be chained."""
-        if self.mode not in INFERENCE_MODES:
-            raise PparError(f"Inference mode {self.mode!r} is unknown: use one of {', '.join(INFERENCE_MODES)}.")
-        if self.tta not in TTA_MODES:
-            raise PparError(f"Test-time augmentation {self.tta!r} is unknown: use one of {', '.join(TTA_MODES)}.")
-        if self.crop_size < 1 or self.stride < 1:
-            raise PparError(
-                f"Crop {self.crop_size} and stride {self.stride} must be positive: pass --crop/--stride >= 1."
-            )
-        if self.stride > self.crop_size:
-            raise PparError(
-                f"Stride {self.stride} is larger than the crop {self.crop_size}, so windows would leave pixels "
-                "unseen: pass a --stride no larger than --crop."
-            )
-        if not self.scale > 0:
-            raise PparError(f"Test scale {self.scale} must be positive: pass --scale > 0 (1.0 keeps the size).")
-        if self.long_side is not None and self.long_side < 1:
-            raise PparError(f"Long side {self.long_side} must be a positive number of pixels.")
-        if not self.ms_scales or any(not s > 0 for s in self.ms_scales):
-            raise PparError(f"Multi-scale factors {self.ms_scales} must be a non-empty list of positive numbers.")
-        if self.batch_size < 1:
-            raise PparError(f"Inference batch size {self.batch_size} must be at least 1: pass --batch-size >= 1.")
-        if self.size_divisor < 1:
-            raise PparError(f"Size divisor {self.size_divisor} must be at least 1.")
-        return self
-
-
-def window_starts(length: int, crop: int, stride: int) -> list[int]:
-    """Start offsets of sliding windows along one axis of `length` pixels.
-
-    Windows step by `stride`; the last one is shifted back to end at the border, so every window has the full
-    `crop` size (or the whole axis, when it is shorter than the crop) and all windows of an image can be batched.
-    """
-    if length <= crop:
-        return [0]
-    count = math.ceil((length - crop) / stride) + 1
-    return [min(i * stride, length - crop) for i in range(count)]
-
-
-def _padded_size(h: int, w: int, size_divisor: int) -> tuple[int, int]:
-    """(h, w) rounded up to multiples of size_divisor: the size the model sees."""
-    return h + (-h) % size_divisor, w + (-w) % size_divisor
 
 
 def _forward_padded(model_fn: ModelFn, batch: Tensor, *, num_classes: int, size_divisor: int) -> Tensor:
@@ -93,7 +30,7 @@ def _forward_padded(model_fn: ModelFn, batch: Tensor, *, num_classes: int, size_
     window's size.
     """
     h, w = batch.shape[-2:]
-    padded_h, padded_w = _padded_size(h, w, size_divisor)
+    padded_h, padded_w = padded_size(h, w, size_divisor)
     if (padded_h, padded_w) != (h, w):
         # Zero is the dataset mean after normalisation: the least surprising filler for the model.
         batch = F.pad(batch, (0, padded_w - w, 0, padded_h - h))
@@ -131,7 +68,7 @@ def _slide(
     """Sliding-window logits for image (1,3,h,w) -> (1,K,h,w) float32 on out_device, averaged over overlaps."""
     h, w = image.shape[-2:]
     crop_h, crop_w = min(cfg.crop_size, h), min(cfg.crop_size, w)
-    padded = _padded_size(crop_h, crop_w, cfg.size_divisor)
+    padded = padded_size(crop_h, crop_w, cfg.size_divisor)
     boxes = [
         (y, x) for y in window_starts(h, cfg.crop_size, cfg.stride) for x in window_starts(w, cfg.crop_size, cfg.stride)
     ]
@@ -172,12 +109,7 @@ def _logits_at(
         return _slide(model_fn, image, cfg, num_classes=num_classes, out_device=out_device)
     h, w = image.shape[-2:]
     logits = _forward_padded(model_fn, image, num_classes=num_classes, size_divisor=cfg.size_divisor)
-    return _window_scores(logits, _padded_size(h, w, cfg.size_divisor), (h, w), out_device)
-
-
-def _scaled_size(height: int, width: int, factor: float) -> tuple[int, int]:
-    # Round half up (not Python's half-to-even), as mmsegmentation's rescale does, so sizes match its protocol.
-    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+    return _window_scores(logits, padded_size(h, w, cfg.size_divisor), (h, w), out_device)
 
 
 def infer_logits(
@@ -210,7 +142,7 @@ def infer_logits(
     with torch.inference_mode():
         result: Tensor | None = None
         for factor in factors:
-            size = _scaled_size(height, width, factor)
+            size = scaled_size(height, width, factor)
             scaled = image if size == (height, width) else _resize(image, size)
             for flip in flips:
                 view = scaled.flip(-1) if flip else scaled

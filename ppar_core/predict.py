@@ -24,12 +24,13 @@ from torch import Tensor
 from ppar_core.config import TrainConfig
 from ppar_core.errors import PparError
 from ppar_core.imageio import IMAGE_EXTENSIONS, read_user_image, write_png
-from ppar_core.inference import InferenceConfig, infer_logits
+from ppar_core.inference import infer_logits
 from ppar_core.labels import NUM_CLASSES, TRAINID_TO_LABELID, colorize
 from ppar_core.loading import load_segmentor
 from ppar_core.modeling.segmentor import PPARSegmentor
 from ppar_core.normalize import image_to_tensor
 from ppar_core.progress import ProgressFn
+from ppar_core.protocol import InferenceConfig
 from ppar_core.visualize import overlay_with_legend
 
 

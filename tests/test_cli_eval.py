@@ -14,9 +14,9 @@ from ppar_core.data.registry import dataset_info
 from ppar_core.evaluation.report import build_eval_report, per_class_table, report_name
 from ppar_core.evaluation.targets import Target, target_protocol
 from ppar_core.files import file_sha256
-from ppar_core.inference import InferenceConfig
 from ppar_core.labels import CLASS_NAMES, SYNTHIA16_TRAIN_IDS
 from ppar_core.metrics import SegMetrics
+from ppar_core.protocol import InferenceConfig
 
 TARGET_KEYS = {"miou", "per_class", "acc", "macc", "images"}
 

@@ -15,8 +15,8 @@ from ppar_core.data import Sample, build_dataset
 from ppar_core.evaluation.evaluate import evaluate_dataset, evaluate_targets
 from ppar_core.evaluation.report import mean_over_targets
 from ppar_core.evaluation.targets import Target
-from ppar_core.inference import InferenceConfig
 from ppar_core.normalize import CLIP_MEAN, CLIP_STD
+from ppar_core.protocol import InferenceConfig
 
 K = 3
 CFG = InferenceConfig(crop_size=32, stride=24)

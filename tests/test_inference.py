@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppar_core.errors import PparError
-from ppar_core.inference import InferenceConfig, infer_logits, predict_labels, window_starts
+from ppar_core.inference import infer_logits, predict_labels
+from ppar_core.protocol import InferenceConfig, window_starts
 
 K = 4
 

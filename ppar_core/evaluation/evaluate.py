@@ -21,11 +21,12 @@ from ppar_core.data.registry import dataset_info, parse_spec
 from ppar_core.errors import PparError
 from ppar_core.evaluation.report import build_eval_report
 from ppar_core.evaluation.targets import Target, build_targets
-from ppar_core.inference import InferenceConfig, ModelFn, infer_logits
+from ppar_core.inference import ModelFn, infer_logits
 from ppar_core.loading import read_run_config, segmentor_from_checkpoint
 from ppar_core.metrics import ConfusionAccumulator, SegMetrics
 from ppar_core.normalize import image_to_tensor, writable
 from ppar_core.progress import ProgressFn
+from ppar_core.protocol import InferenceConfig
 from ppar_core.runtime import resolve_device
 
 

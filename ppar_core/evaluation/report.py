@@ -33,9 +33,9 @@ from ppar_core.config import TrainConfig
 from ppar_core.data.registry import dataset_info, parse_spec
 from ppar_core.evaluation.targets import Target
 from ppar_core.files import atomic_write, file_sha256
-from ppar_core.inference import InferenceConfig
 from ppar_core.labels import CLASS_NAMES
 from ppar_core.metrics import SegMetrics, pooled_metrics
+from ppar_core.protocol import InferenceConfig
 
 REPORT_FILE = "eval.json"  # the report a training run writes into its folder
 MEAN_OVER = (

@@ -21,7 +21,7 @@ from typing import Any
 from ppar_core.data import build_dataset
 from ppar_core.data.registry import DatasetInfo, dataset_info, parse_spec
 from ppar_core.errors import PparError
-from ppar_core.inference import InferenceConfig
+from ppar_core.protocol import InferenceConfig
 
 
 @dataclass(frozen=True)
