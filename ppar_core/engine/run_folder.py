@@ -10,7 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ from torch import nn
 
 from ppar_core.checkpoint import save_checkpoint, save_training_state, sibling_state_path
 from ppar_core.config import TrainConfig, to_dict
+from ppar_core.errors import PparError
 from ppar_core.evaluation.report import REPORT_FILE
 from ppar_core.files import atomic_write
 from ppar_core.runtime import capture_rng_state
@@ -27,6 +33,26 @@ MODEL_FILE = "last.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PROTOTYPES_FILE = "prototypes.safetensors"
+LOCK_FILE = ".ppar.lock"
+
+
+def lock_holder(out: str | Path) -> int | None:
+    """The pid of the live process that holds the run folder `out`, or None (no lock, or a stale one: its process
+    is gone, e.g. after kill -9). A lock taken on another host is taken as held (its pid cannot be checked here)."""
+    try:
+        info = json.loads((Path(out) / LOCK_FILE).read_text(encoding="utf-8"))
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if info.get("host") != socket.gethostname():
+        return pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, owned by another user
+        return pid
+    return pid
 
 
 class RunFolder:
@@ -40,6 +66,40 @@ class RunFolder:
         self.metrics = self.out / METRICS_FILE
         self.prototypes = self.out / PROTOTYPES_FILE
         self.report = self.out / REPORT_FILE
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder for this process while the block runs; PparError if a live process holds it already.
+
+        The lock file is created with O_EXCL (two processes cannot both take it); a stale lock (its process is gone)
+        is replaced. It is removed when the block ends, however it ends, and so is the folder if this call made it
+        and nothing else was written into it (a run that failed its checks leaves no empty folder behind).
+        """
+        created = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / LOCK_FILE
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = lock_holder(self.out)
+                if holder is not None and holder != os.getpid():
+                    raise PparError(
+                        f"{self.out} is in use by pid {holder} (a training run writes it): wait for it to finish, "
+                        "stop it, or choose another --out."
+                    ) from None
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(record)
+            break
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            if created and not any(self.out.iterdir()):
+                self.out.rmdir()
 
     def write_config(self, cfg: TrainConfig) -> None:
         text = json.dumps(to_dict(cfg), indent=2) + "\n"

@@ -10,6 +10,7 @@ uninterrupted run (same samples, same augmentation, same dropout draws, same opt
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -65,8 +66,10 @@ def train(
     """
     cfg = replace(cfg, model=resolve_model_config(cfg.model)).validate()
     dist = init_distributed(cfg.device)
+    run = RunFolder(cfg.out)
     try:
-        return _train(cfg, RunFolder(cfg.out), dist, resume, on_log, on_eval_progress)
+        with run.locked() if dist.is_main else contextlib.nullcontext():
+            return _train(cfg, run, dist, resume, on_log, on_eval_progress)
     finally:
         cleanup_distributed(dist)
 
