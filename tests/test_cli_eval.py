@@ -202,3 +202,30 @@ def test_training_report_records_the_run_protocol(tmp_path: Path) -> None:
     assert report["protocol"]["max_images"] == 40 and report["protocol"]["mode"] == "whole"
     json_path, _ = write_eval_report(tmp_path / "eval.json", report)
     assert json.loads(json_path.read_text()) == report
+
+
+def test_training_report_equals_ppar_eval_target_by_target(cli: Any, synth_root: Path, tmp_path: Path) -> None:
+    # The one evaluation path: the report a run writes at its end and `ppar eval` on its checkpoint (defaults: the
+    # run's own targets and protocol) are the same, ACDC (one pooled target with four sub-rows) included.
+    from conftest import tiny_train_config
+
+    from ppar_core.engine.train import train
+
+    _acdc_from_synth(synth_root / "synth-real", tmp_path / "acdc")
+    targets = [f"acdc={tmp_path / 'acdc'}", "synth-fog"]
+    cfg = tiny_train_config(synth_root, tmp_path / "run", data={"targets": targets, "eval_max_images": 3})
+    result = train(cfg)
+    trained = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert trained == result.report
+    evaluated = _eval_json(cli, result.checkpoint, "--device", "cpu", "--max-images", "3")
+    assert list(trained["targets"]) == list(evaluated["targets"]) == ["acdc", "synth-fog"]
+    for name in trained["targets"]:
+        assert evaluated["targets"][name] == trained["targets"][name], name
+    assert list(trained["targets"]["acdc"]["conditions"]) == ["fog", "night", "rain", "snow"]
+    assert evaluated["mean_miou"] == trained["mean_miou"] is not None
+    mean = (trained["targets"]["acdc"]["miou"] + trained["targets"]["synth-fog"]["miou"]) / 2
+    assert trained["mean_miou"] == pytest.approx(mean)  # two targets: ACDC counts once
+    assert evaluated["protocol"] == trained["protocol"]
+    # ppar eval wrote its report beside the checkpoint under its own name; the run's eval.json is untouched.
+    assert json.loads((tmp_path / "run" / "eval.json").read_text()) == trained
+    assert (tmp_path / "run" / report_name(evaluated)).exists() and report_name(evaluated) != "eval.json"

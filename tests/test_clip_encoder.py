@@ -19,6 +19,7 @@ from ppar_core.clip import (
     resize_pos_embed_grid,
     resolve_quick_gelu,
 )
+from ppar_core.clip import encoder as encoder_module
 from ppar_core.clip.encoder import fused_block_forward, runs_fused
 from ppar_core.clip.weights import count_parameters, load_state_dict_file
 from ppar_core.errors import PparError
@@ -124,8 +125,22 @@ def test_fused_attention_block_equals_open_clips_block(ls_init_value: float | No
     assert not runs_fused(ResidualAttentionBlock(64, 4, is_cross_attention=True))
 
 
-def test_vit_encoder_uses_the_fused_blocks(tiny: torch.nn.Module) -> None:
-    assert _encoder(tiny, "tiny")._run_block is fused_block_forward
+def test_vit_encoder_runs_its_blocks_without_multihead_attention(
+    tiny: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The encoder computes attention itself (fused SDPA): nn.MultiheadAttention's forward, whose CPU fast path builds
+    # the whole attention matrix, is never called, and the result is open_clip's own.
+    encoder = _encoder(tiny, "tiny").eval()
+    images = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        expected = encoder(images).dense
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nn.MultiheadAttention.forward was called")
+
+    monkeypatch.setattr(torch.nn.MultiheadAttention, "forward", refuse)
+    with torch.inference_mode():
+        torch.testing.assert_close(encoder(images).dense, expected, atol=0, rtol=0)
 
 
 def test_position_embedding_identity_at_native_size_and_constant_preserved(tiny: torch.nn.Module) -> None:
@@ -161,15 +176,32 @@ def test_gradients_reach_every_visual_parameter(tiny: torch.nn.Module) -> None:
     for name, param in encoder.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
         assert param.grad.abs().sum() > 0, name
-    assert encoder._pos_cache == {}  # a trainable position embedding is never cached
+    # A trainable position embedding is resized afresh at every call: a second backward (a new graph) works, and an
+    # update of the parameter reaches the next forward.
+    with torch.no_grad():
+        encoder.visual.positional_embedding.add_(1.0)
+    again = encoder(torch.randn(2, 3, 64, 96))
+    again.dense.square().mean().backward()
+    fresh = DenseClipEncoder(copy.deepcopy(encoder.visual), get_preset("tiny")).train()
+    x = torch.randn(1, 3, 64, 96)
+    torch.testing.assert_close(encoder(x).dense, fresh(x).dense, atol=1e-6, rtol=0)
 
 
-def test_position_cache_follows_weight_updates(tiny: torch.nn.Module) -> None:
+def test_position_cache_follows_weight_updates(tiny: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
     encoder = DenseClipEncoder(copy.deepcopy(tiny.visual), get_preset("tiny")).eval()
     encoder.visual.positional_embedding.requires_grad_(False)
     images = torch.randn(1, 3, 64, 64)
+    resizes: list[tuple[int, int]] = []
+    real_resize = encoder_module.resize_pos_embed_grid
+
+    def counting(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+        resizes.append(new)
+        return real_resize(pos, old, new)
+
+    monkeypatch.setattr(encoder_module, "resize_pos_embed_grid", counting)
     first = encoder(images).dense
-    assert (4, 4) in encoder._pos_cache
+    torch.testing.assert_close(encoder(images).dense, first, atol=0, rtol=0)
+    assert resizes == [(4, 4)]  # frozen weights: resized once for the grid, then reused
     with torch.no_grad():
         encoder.visual.positional_embedding.mul_(2.0)  # what an optimizer step or load_state_dict does in place
     second = encoder(images).dense

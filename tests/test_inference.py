@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from ppar_core.errors import PparError
 from ppar_core.inference import infer_logits, predict_labels
@@ -228,7 +232,7 @@ def test_long_side_and_scale_resize_the_input_and_return_the_original_size() -> 
     )
     assert seen[-1] == (74, 106)
     out = infer_logits(model_fn, image, InferenceConfig(mode="whole", scale=0.5, size_divisor=1), num_classes=K)
-    assert seen[-1] == (19, 27)  # 18.5 x 26.5 rounded half up and out.shape == (1, K, 37, 53)
+    assert seen[-1] == (19, 27) and out.shape == (1, K, 37, 53)  # 18.5 x 26.5 rounded half up
     # The returned scores are the scaled logits resized back bilinearly: the identity-like model gives back a
     # smoothed copy of channel 0, exact at scale 1.
     out = infer_logits(model_fn, image, InferenceConfig(mode="whole", size_divisor=1), num_classes=K)
@@ -294,35 +298,48 @@ def test_flushing_window_scores_early_or_late_gives_the_same_sum(monkeypatch: py
     torch.testing.assert_close(early, late, atol=0, rtol=0)
 
 
-def test_low_resolution_scores_wait_for_the_model_full_resolution_ones_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The order of events shows when the full-resolution sum is fed: after all windows for stride-4 scores (so the
-    # model's peak and the sum do not coincide), after every batch for full-size scores.
-    import ppar_core.inference as inference
+class FullResolutionTracker(TorchDispatchMode):
+    """Keeps a weak reference to every K-channel tensor of the image's full size that an op creates, so that a model
+    can count how many such score maps are alive while it runs."""
 
-    events: list[str] = []
-    original = inference._window_scores
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = size
+        self.live: dict[int, weakref.ref[Tensor]] = {}  # id -> weak reference, dropped when the tensor is freed
 
-    def recording(*args: object, **kwargs: object) -> Tensor:
-        events.append("add")
-        return original(*args, **kwargs)  # type: ignore[arg-type]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, Tensor) and t.dim() == 4 and t.shape[1] == K and tuple(t.shape[-2:]) == self.size:
+                key = id(t)
+                self.live[key] = weakref.ref(t, lambda _ref, key=key: self.live.pop(key, None))
+        return out
 
-    monkeypatch.setattr(inference, "_window_scores", recording)
+
+def test_low_resolution_scores_wait_for_the_model_full_resolution_ones_do_not() -> None:
+    # When the model runs, how many full-resolution score maps are alive: none for stride-4 scores (they wait until
+    # every window was seen, so the model's peak and the full-size sum never coincide), and for full-size scores only
+    # the running sum (added after every batch, one window at a time).
+    tracker = FullResolutionTracker((100, 130))
     conv = conv_model(seed=5)
+    alive: list[int] = []
 
     def strided(batch: Tensor) -> Tensor:
-        events.append("model")
+        alive.append(len(tracker.live))
         return F.avg_pool2d(conv(batch), 4)
 
     def full(batch: Tensor) -> Tensor:
-        events.append("model")
+        alive.append(len(tracker.live))
         return conv(batch)
 
     cfg = InferenceConfig(crop_size=64, stride=40, batch_size=2)  # 100x130: 2x3 windows, 3 batches
-    infer_logits(strided, random_image(100, 130), cfg, num_classes=K)
-    assert events == ["model"] * 3 + ["add"] * 6
-    events.clear()
-    infer_logits(full, random_image(100, 130), cfg, num_classes=K)
-    assert events == ["model", "add", "add"] * 3
+    with tracker:
+        infer_logits(strided, random_image(100, 130), cfg, num_classes=K)
+    assert alive == [0, 0, 0]
+    alive.clear()
+    with tracker:
+        infer_logits(full, random_image(100, 130), cfg, num_classes=K)
+    assert alive == [0, 1, 1]  # the sum exists from the first batch on, and nothing else of its size
 
 
 def test_model_returning_the_wrong_number_of_classes_is_a_clear_error() -> None:

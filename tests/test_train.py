@@ -72,6 +72,66 @@ def test_three_steps_for_each_option(synth_root: Path, tmp_path: Path, changes: 
         assert all(0.7 < r["mean_weight"] < 1.3 for r in records)
     if cfg.loss.align == "none" and cfg.loss.method == "ppar":
         assert all(r["pa"] == 0.0 for r in records)
+    if cfg.model.vtp.kind in ("ema", "mix"):
+        _memory_moved_toward_the_class_means(ckpt.tensors, synth_root, cfg)
+    if cfg.model.freeze_backbone:
+        _tower_unchanged(ckpt.tensors, cfg)
+
+
+def _source_class_means(model: Any, synth_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class mean of the normalised dense embeddings Z over the source images -> (means (K,D), counts (K,))."""
+    from ppar_core.data import build_dataset
+    from ppar_core.normalize import image_to_tensor
+
+    dataset = build_dataset("synth-source", data_root=synth_root)
+    sums = torch.zeros(model.num_classes, model.otp.shape[1])
+    counts = torch.zeros(model.num_classes)
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            dense = model.encoder(image_to_tensor(sample.image, device="cpu")).dense[0]
+            small = torch.nn.functional.interpolate(
+                torch.from_numpy(sample.label)[None, None].float(), size=dense.shape[-2:], mode="nearest"
+            )[0, 0].long()
+            z = torch.nn.functional.normalize(dense, dim=0).flatten(1).t()
+            for k in small.unique().tolist():
+                if k < model.num_classes:
+                    sums[k] += z[small.flatten() == k].sum(0)
+                    counts[k] += int((small == k).sum())
+    return sums / counts.clamp(min=1)[:, None], counts
+
+
+def _memory_moved_toward_the_class_means(tensors: dict[str, torch.Tensor], synth_root: Path, cfg: Any) -> None:
+    """ema / mix: the VTP memory starts at the OTP and its rows move toward the source class means of Z."""
+    from ppar_core.loading import load_segmentor
+
+    start = torch.nn.functional.normalize(tensors["otp"].float(), dim=-1)
+    memory = tensors["vtp.memory"]
+    model = load_segmentor(Path(cfg.out) / "last.safetensors")[0]
+    means, counts = _source_class_means(model, synth_root)
+    seen = counts > 0
+    assert seen.sum() >= 5
+    before = torch.nn.functional.cosine_similarity(start[seen], means[seen], dim=-1)
+    after = torch.nn.functional.cosine_similarity(memory[seen], means[seen], dim=-1)
+    assert (after > before).all()  # every class with pixels moved toward its centroid
+    assert not torch.equal(memory[seen], start[seen])
+
+
+def _tower_unchanged(tensors: dict[str, torch.Tensor], cfg: Any) -> None:
+    """freeze_backbone: every CLIP image-tower weight is exactly what the run started from; the head did train."""
+    from ppar_core.modeling.segmentor import build_segmentor, resolve_model_config
+    from ppar_core.prototypes import build_prototypes
+    from ppar_core.runtime import seed_everything
+
+    model_cfg = resolve_model_config(cfg.model)
+    seed_everything(cfg.seed)  # the run's own initialisation of the random-weight tower
+    with torch.random.fork_rng(devices=[]):
+        protos = build_prototypes(model_cfg.preset, pretrained=model_cfg.pretrained, device="cpu")
+    initial = build_segmentor(model_cfg, prototypes=protos).state_dict()
+    tower = [name for name in initial if name.startswith("encoder.")]
+    assert tower and all(torch.equal(tensors[name], initial[name]) for name in tower)
+    head = [name for name in initial if name.startswith("head.") and initial[name].is_floating_point()]
+    assert any(not torch.equal(tensors[name], initial[name]) for name in head)
 
 
 def test_progressive_schedule_ramps_in_the_logs(synth_root: Path, tmp_path: Path) -> None:
@@ -257,3 +317,17 @@ def test_samples_do_not_depend_on_worker_count_and_accumulation_runs(synth_root:
     c = train(_quick(synth_root, tmp_path / "acc", batch_size=1, optim={"accum_steps": 2}))
     assert c.step == 3
     assert [r["step"] for r in _records(tmp_path / "acc")] == [1, 2, 3]
+
+
+def test_two_micro_batches_of_one_equal_one_batch_of_two_for_erm(synth_root: Path, tmp_path: Path) -> None:
+    # The same samples per step (sample k = step * 2 + position in both), crops with the same number of labelled
+    # pixels, no batch coupling in the model: the accumulated gradient is the batch gradient, to float rounding.
+    erm = {"loss": {"method": "erm"}}
+    whole = train(_quick(synth_root, tmp_path / "b2", batch_size=2, **erm))
+    split = train(_quick(synth_root, tmp_path / "b1x2", batch_size=1, optim={"accum_steps": 2}, **erm))
+    a, b = _final_tensors(whole.checkpoint), _final_tensors(split.checkpoint)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=2e-5, rtol=1e-4, msg=name)
+    la, lb = _records(tmp_path / "b2"), _records(tmp_path / "b1x2")
+    assert [r["seg"] for r in la] == pytest.approx([r["seg"] for r in lb], rel=1e-4)
