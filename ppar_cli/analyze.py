@@ -59,9 +59,14 @@ def command(
         raise PparError(f"Both a FOLDER ({folder}) and --data {data} were given: pass one of them.")
     spec = f"folder={folder}" if folder is not None else data
     config = AnalysisConfig(
-        data=spec, split=split, num_images=num, data_root=str(data_root) if data_root else None, id_map=id_map,
-        resize=resize, device=device,
-    ).validate()  # fmt: skip
+        data=spec,
+        split=split,
+        num_images=num,
+        data_root=str(data_root) if data_root else None,
+        id_map=id_map,
+        resize=resize,
+        device=device,
+    ).validate()
     runs = {"A": checkpoint} if compare is None else {"A": checkpoint, "B": compare}
     reports: dict[str, WeightReport] = {}
     outs = {key: out if (out is None or compare is None) else out / key for key in runs}
@@ -140,9 +145,13 @@ def _class_table(report: WeightReport) -> Table:
     for name in _sorted_names(report.classes):
         c = report.classes[name]
         table.add_row(
-            name, f"{c['pixels']:,}", _mean(c["mean"]), _pct(c["low_fraction"], c["pixels"]),
-            _pct(c["high_fraction"], c["pixels"]), _spark(c["hist"]),
-        )  # fmt: skip
+            name,
+            f"{c['pixels']:,}",
+            _mean(c["mean"]),
+            _pct(c["low_fraction"], c["pixels"]),
+            _pct(c["high_fraction"], c["pixels"]),
+            _spark(c["hist"]),
+        )
     return table
 
 
@@ -156,10 +165,15 @@ def _compare_table(reports: dict[str, WeightReport]) -> Table:
         ca, cb = a.classes[name], b.classes[name]
         diff = "-" if ca["mean"] is None or cb["mean"] is None else f"{cb['mean'] - ca['mean']:+.3f}"
         table.add_row(
-            name, _mean(ca["mean"]), _mean(cb["mean"]), diff, _pct(ca["low_fraction"], ca["pixels"]),
-            _pct(cb["low_fraction"], cb["pixels"]), _pct(ca["high_fraction"], ca["pixels"]),
+            name,
+            _mean(ca["mean"]),
+            _mean(cb["mean"]),
+            diff,
+            _pct(ca["low_fraction"], ca["pixels"]),
+            _pct(cb["low_fraction"], cb["pixels"]),
+            _pct(ca["high_fraction"], ca["pixels"]),
             _pct(cb["high_fraction"], cb["pixels"]),
-        )  # fmt: skip
+        )
     return table
 
 

@@ -59,10 +59,15 @@ def command(
         if summary.class_images[k] > 0
     ]
     if json_out:
-        print_json({
-            "out": str(out), "images": summary.done, "written": len(summary.written), "classes": classes,
-            "failed": [{"path": str(p), "error": msg} for p, msg in summary.failed],
-        })  # fmt: skip
+        print_json(
+            {
+                "out": str(out),
+                "images": summary.done,
+                "written": len(summary.written),
+                "classes": classes,
+                "failed": [{"path": str(p), "error": msg} for p, msg in summary.failed],
+            }
+        )
     else:
         table = Table(title=f"Classes found in {summary.done} image(s)")
         for name in ("class", "pixels", "images"):

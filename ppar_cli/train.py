@@ -78,12 +78,28 @@ def command(
     from ppar_core.engine.train import train
 
     flags: dict[str, Any] = {
-        "source": source, "targets": targets, "data_root": str(data_root) if data_root else None, "model": model,
-        "pretrained": pretrained, "prototypes": str(prototypes) if prototypes else None, "method": method,
-        "vtp": vtp, "align": align, "reweight": reweight, "freeze_backbone": freeze_backbone, "iters": iters,
-        "batch_size": batch_size, "crop": crop, "out": str(out) if out else None, "device": device, "seed": seed,
-        "checkpoint_every": checkpoint_every, "eval_every": eval_every, "log_every": log_every, "workers": workers,
-    }  # fmt: skip
+        "source": source,
+        "targets": targets,
+        "data_root": str(data_root) if data_root else None,
+        "model": model,
+        "pretrained": pretrained,
+        "prototypes": str(prototypes) if prototypes else None,
+        "method": method,
+        "vtp": vtp,
+        "align": align,
+        "reweight": reweight,
+        "freeze_backbone": freeze_backbone,
+        "iters": iters,
+        "batch_size": batch_size,
+        "crop": crop,
+        "out": str(out) if out else None,
+        "device": device,
+        "seed": seed,
+        "checkpoint_every": checkpoint_every,
+        "eval_every": eval_every,
+        "log_every": log_every,
+        "workers": workers,
+    }
     fields = {FLAG_FIELDS[name]: [v, v] if name == "crop" and v is not None else v for name, v in flags.items()}
     cfg = resolve_config(preset=preset, config_file=config, fields=fields, overrides=overrides or [])
     setup_logging()

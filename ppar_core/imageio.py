@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -93,8 +94,6 @@ def _png_colour_bit_depth(path: Path) -> int:
 
 def _read_16bit_colour(path: Path) -> np.ndarray:
     """16-bit RGB(A) file -> (H,W,3) uint8 RGB, alpha composited over black, EXIF orientation NOT yet applied."""
-    import cv2
-
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None or raw.ndim != 3:
         raise PparError(f"Image {path} cannot be decoded as a 16-bit colour image: replace or remove it.")

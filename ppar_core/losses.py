@@ -162,53 +162,11 @@ def _nce_from_cosines(cosines: Tensor, labels: Tensor, *, tau: float) -> Tensor:
     return F.cross_entropy(cosines / tau, labels)
 
 
-def pixel_prototype_nce(
-    features: Tensor, labels: Tensor, prototypes: Tensor, *, tau: float, batch_index: Tensor | None = None
-) -> Tensor:
-    """`mean_i -log softmax_k(cos(f_i, p_k) / tau)[y_i]`, a float32 scalar (0, with graph, when N = 0).
-
-    features (N,D); labels (N,) long in [0, K); prototypes (K,D) shared by all pixels, (N,K,D) one set per pixel, or
-    (B,K,D) per image together with `batch_index` (N,) long (avoids materialising (N,K,D)). Cosine, not dot product.
-    """
-    with _float32(features.device):
-        f = F.normalize(features.float(), dim=-1)
-        p = F.normalize(prototypes.float(), dim=-1)
-        if p.dim() == 2:
-            cos = f @ p.T
-        elif batch_index is not None:
-            n, (b, k, _) = f.shape[0], p.shape
-            # (N, B*K) against every image's prototypes, then keep each pixel's own image: N*B*K floats, not N*K*D.
-            cos = (f @ p.reshape(b * k, -1).T).view(n, b, k)
-            cos = cos.gather(1, batch_index.view(n, 1, 1).expand(n, 1, k)).squeeze(1)
-        else:
-            cos = torch.einsum("nd,nkd->nk", f, p)
-        return _nce_from_cosines(cos, labels, tau=tau)
-
-
 def _labels_at(labels: Tensor, size: tuple[int, int]) -> Tensor:
     # Nearest resize of the label map (B,H,W) -> (B,h,w); float32 holds every label value exactly.
     if tuple(labels.shape[-2:]) == tuple(size):
         return labels.long()
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
-def features_to_pixels(
-    dense: Tensor, labels: Tensor, prototypes: Tensor | None = None, *, ignore_index: int = 255
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Flatten the valid pixels of a dense feature map.
-
-    dense (B,D,h,w); labels (B,H,W) long, nearest-resized to (h,w). Returns features (N,D) in dense's dtype,
-    labels (N,) long, batch_index (N,) long (the image of each pixel, to gather per-image VTPs). `prototypes`
-    ((B,K,D), (K,D) or None) is only checked for a matching batch size and width.
-    """
-    b, d, h, w = dense.shape
-    if prototypes is not None and (prototypes.shape[-1] != d or (prototypes.dim() == 3 and prototypes.shape[0] != b)):
-        raise ValueError(f"prototypes {tuple(prototypes.shape)} do not match dense features {tuple(dense.shape)}")
-    small = _labels_at(labels, (h, w)).reshape(-1)
-    valid = small != ignore_index
-    features = dense.permute(0, 2, 3, 1).reshape(-1, d)
-    batch_index = torch.arange(b, device=dense.device).repeat_interleave(h * w)
-    return features[valid], small[valid], batch_index[valid]
 
 
 def easiest_per_class_mask(difficulty: Tensor, labels: Tensor, q: float, num_classes: int) -> Tensor:

@@ -25,9 +25,19 @@ def _last_line(args: list[str]) -> str:
 @pytest.mark.slow
 def test_train_step_benchmark_runs_and_prints_its_ratio_line() -> None:
     args = [
-        sys.executable, str(ROOT / "bench" / "train_step.py"), "--preset", "tiny", "--image-size", "64",
-        "--batch-size", "2", "--repeats", "1", "--no-memory", "--no-mfu",
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "bench" / "train_step.py"),
+        "--preset",
+        "tiny",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--repeats",
+        "1",
+        "--no-memory",
+        "--no-mfu",
+    ]
     last = _last_line(args)
     assert re.fullmatch(r"train_step ratio time=\d+\.\d+ memory=(\d+\.\d+|nan)", last), last
 
@@ -35,9 +45,23 @@ def test_train_step_benchmark_runs_and_prints_its_ratio_line() -> None:
 @pytest.mark.slow
 def test_inference_benchmark_runs_and_prints_its_ratio_line(tmp_path: Path) -> None:
     args = [
-        sys.executable, str(ROOT / "bench" / "inference.py"), "--height", "96", "--width", "160", "--crop", "64",
-        "--stride", "48", "--repeats", "1", "--folder-images", "1", "--json", str(tmp_path / "inference.json"),
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "bench" / "inference.py"),
+        "--height",
+        "96",
+        "--width",
+        "160",
+        "--crop",
+        "64",
+        "--stride",
+        "48",
+        "--repeats",
+        "1",
+        "--folder-images",
+        "1",
+        "--json",
+        str(tmp_path / "inference.json"),
+    ]
     last = _last_line(args)
     assert re.fullmatch(r"inference ratio time=\d+\.\d+ memory=\d+\.\d+", last), last
     results = json.loads((tmp_path / "inference.json").read_text())

@@ -96,8 +96,19 @@ def test_missing_data_root_says_what_to_do(cli: Callable, monkeypatch: pytest.Mo
 def test_synth_writes_domains_that_check_reads(cli: Callable, tmp_path: Path) -> None:
     pytest.importorskip("ppar_core.data.synth")
     out = tmp_path / "synth"
-    result = cli("data", "synth", "--out", out, "--domains", "synth-source,synth-night", "--num", "2",
-                 "--size", "64x128", "--json")  # fmt: skip
+    result = cli(
+        "data",
+        "synth",
+        "--out",
+        out,
+        "--domains",
+        "synth-source,synth-night",
+        "--num",
+        "2",
+        "--size",
+        "64x128",
+        "--json",
+    )
     assert result.code == 0, result.err
     written = json.loads(result.out)
     assert set(written["domains"]) == {"synth-source", "synth-night"}

@@ -29,9 +29,19 @@ def _eval_json(cli: Any, *args: Any) -> dict:
 
 def test_eval_json_shape_and_written_report(cli: Any, tiny_run: Any, tmp_path: Path) -> None:
     report = _eval_json(
-        cli, tiny_run.checkpoint, "--targets", "synth-real,synth-fog", "--data-root", tiny_run.data_root,
-        "--device", "cpu", "--out", tmp_path, "--max-images", "3",
-    )  # fmt: skip
+        cli,
+        tiny_run.checkpoint,
+        "--targets",
+        "synth-real,synth-fog",
+        "--data-root",
+        tiny_run.data_root,
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path,
+        "--max-images",
+        "3",
+    )
     assert set(report) == {"targets", "mean_miou", "protocol"}
     assert list(report["targets"]) == ["synth-real", "synth-fog"]
     for entry in report["targets"].values():
@@ -57,10 +67,27 @@ def test_eval_json_shape_and_written_report(cli: Any, tiny_run: Any, tmp_path: P
 
 def test_flags_override_the_checkpoint_protocol(cli: Any, tiny_run: Any, tmp_path: Path) -> None:
     report = _eval_json(
-        cli, tiny_run.checkpoint, "--targets", "synth-real", "--data-root", tiny_run.data_root, "--device", "cpu",
-        "--inference", "slide", "--crop", "64", "--stride", "32", "--tta", "flip", "--out", tmp_path,
-        "--max-images", "1",
-    )  # fmt: skip
+        cli,
+        tiny_run.checkpoint,
+        "--targets",
+        "synth-real",
+        "--data-root",
+        tiny_run.data_root,
+        "--device",
+        "cpu",
+        "--inference",
+        "slide",
+        "--crop",
+        "64",
+        "--stride",
+        "32",
+        "--tta",
+        "flip",
+        "--out",
+        tmp_path,
+        "--max-images",
+        "1",
+    )
     protocol = report["protocol"]
     assert (protocol["mode"], protocol["crop_size"], protocol["stride"], protocol["tta"]) == ("slide", 64, 32, "flip")
 

@@ -27,9 +27,18 @@ def test_help_lists_every_command_with_real_help(cli) -> None:
 
 def test_every_leaf_command_help_has_an_example(cli) -> None:
     leaves = [
-        ["data", "check"], ["data", "synth"], ["data", "list"], ["models", "list"], ["prototypes", "build"],
-        ["prototypes", "show"], ["train"], ["demo"], ["eval"], ["predict"], ["analyze-weights"],
-    ]  # fmt: skip
+        ["data", "check"],
+        ["data", "synth"],
+        ["data", "list"],
+        ["models", "list"],
+        ["prototypes", "build"],
+        ["prototypes", "show"],
+        ["train"],
+        ["demo"],
+        ["eval"],
+        ["predict"],
+        ["analyze-weights"],
+    ]
     for leaf in leaves:
         result = cli(*leaf, "--help")
         assert result.code == 0 and "example" in result.out.lower(), leaf

@@ -47,9 +47,18 @@ def test_build_options_reach_the_file(cli, tmp_path: Path) -> None:  # type: ign
     templates.write_text("a street photo of a {}.\nthe {} at night.\n", encoding="utf-8")
     out = tmp_path / "s16.safetensors"
     result = cli(
-        "prototypes", "build", "--model", "tiny", "--classes", "synthia16", "--templates", templates,
-        "--no-synonyms", "--out", out,
-    )  # fmt: skip
+        "prototypes",
+        "build",
+        "--model",
+        "tiny",
+        "--classes",
+        "synthia16",
+        "--templates",
+        templates,
+        "--no-synonyms",
+        "--out",
+        out,
+    )
     assert result.code == 0, result.err
     protos = load_prototypes(out, expect_classes=16, expect_dim=64)
     assert protos.class_names == [CLASS_NAMES[i] for i in SYNTHIA16_TRAIN_IDS]
@@ -75,9 +84,18 @@ def test_build_with_visual_prototypes_from_synth_data(cli, tmp_path: Path) -> No
     root = _synth_folder(tmp_path / "synth")
     out = tmp_path / "vis.safetensors"
     result = cli(
-        "prototypes", "build", "--model", "tiny", "--data", f"synth-source={root}", "--max-images", "2",
-        "--out", out, "--json",
-    )  # fmt: skip
+        "prototypes",
+        "build",
+        "--model",
+        "tiny",
+        "--data",
+        f"synth-source={root}",
+        "--max-images",
+        "2",
+        "--out",
+        out,
+        "--json",
+    )
     assert result.code == 0, result.err
     protos = load_prototypes(out)
     assert protos.visual is not None and protos.visual_counts is not None

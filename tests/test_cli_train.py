@@ -20,9 +20,25 @@ def test_help_has_examples(cli) -> None:
 def test_flags_reach_the_config(cli, synth_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = cli(
-        "train", *TINY, "--data-root", synth_root, "--targets", "synth-real,synth-fog", "--iters", "2",
-        "--reweight", "ratio", "--vtp", "mix", "--seed", "7", "--out", out, "--set", "data.eval_max_images=1",
-    )  # fmt: skip
+        "train",
+        *TINY,
+        "--data-root",
+        synth_root,
+        "--targets",
+        "synth-real,synth-fog",
+        "--iters",
+        "2",
+        "--reweight",
+        "ratio",
+        "--vtp",
+        "mix",
+        "--seed",
+        "7",
+        "--out",
+        out,
+        "--set",
+        "data.eval_max_images=1",
+    )
     assert result.code == 0, result.err
     config = json.loads((out / "config.json").read_text())
     assert config["loss"]["reweight"] == "ratio"

@@ -340,8 +340,21 @@ def test_roots_from_env_and_clear_errors(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_registry_names_and_synth_builtins() -> None:
-    expected = {"gta5", "synthia", "cityscapes", "bdd100k", "mapillary", "acdc", "acdc-fog", "acdc-night",
-                "acdc-rain", "acdc-snow", "folder", "synth", *SYNTH_BUILTIN_DOMAINS}  # fmt: skip
+    expected = {
+        "gta5",
+        "synthia",
+        "cityscapes",
+        "bdd100k",
+        "mapillary",
+        "acdc",
+        "acdc-fog",
+        "acdc-night",
+        "acdc-rain",
+        "acdc-snow",
+        "folder",
+        "synth",
+        *SYNTH_BUILTIN_DOMAINS,
+    }
     assert set(DATASETS) == expected
     assert all(info.name == name and info.layout and info.description for name, info in DATASETS.items())
     try:

@@ -41,8 +41,27 @@ def test_trainid_to_labelid_round_trip() -> None:
 
 
 def test_synthia_table_spot_checks_and_unlisted_ids() -> None:
-    expected = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12, 8: 13,
-                18: 14, 19: 15, 20: 16, 12: 17, 11: 18}  # fmt: skip
+    expected = {
+        3: 0,
+        4: 1,
+        2: 2,
+        21: 3,
+        5: 4,
+        7: 5,
+        15: 6,
+        9: 7,
+        6: 8,
+        16: 9,
+        1: 10,
+        10: 11,
+        17: 12,
+        8: 13,
+        18: 14,
+        19: 15,
+        20: 16,
+        12: 17,
+        11: 18,
+    }
     lut = labels.SYNTHIA_ID_TO_TRAINID
     assert lut.shape == (65536,)
     for src, dst in expected.items():

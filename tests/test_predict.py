@@ -128,9 +128,12 @@ def test_predict_files_skips_a_corrupt_file_and_writes_the_others(
     predictor = whole
     seen: list[int] = []
     summary = predict_files(
-        predictor, collect_inputs([tmp_path / "in"]), tmp_path / "out", formats=("trainid",),
+        predictor,
+        collect_inputs([tmp_path / "in"]),
+        tmp_path / "out",
+        formats=("trainid",),
         progress=lambda task, done, total: seen.append(done),
-    )  # fmt: skip
+    )
     assert summary.done == 1 and seen == [1, 2]
     assert [p.name for p, _ in summary.failed] == ["bad.png"] and "bad.png" in summary.failed[0][1]
     assert summary.written == [tmp_path / "out" / "good_trainid.png"]

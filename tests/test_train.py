@@ -254,10 +254,29 @@ def _cli_env() -> dict[str, str]:
 def test_sigkill_during_training_leaves_a_resumable_run(synth_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = [
-        sys.executable, "-m", "ppar_cli", "train", "--preset", "synth-tiny", "--data-root", str(synth_root),
-        "--targets", "", "--iters", "400", "--batch-size", "2", "--checkpoint-every", "1", "--out", str(out),
-        "--device", "cpu", "--set", "data.augment.crop_size=[64,128]",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "ppar_cli",
+        "train",
+        "--preset",
+        "synth-tiny",
+        "--data-root",
+        str(synth_root),
+        "--targets",
+        "",
+        "--iters",
+        "400",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--set",
+        "data.augment.crop_size=[64,128]",
+    ]
     proc = subprocess.Popen(args, env=_cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
@@ -287,18 +306,49 @@ def test_sigkill_during_training_leaves_a_resumable_run(synth_root: Path, tmp_pa
 def test_ddp_two_gloo_processes_train_one_checkpoint(synth_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     args = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
-        "-m", "ppar_cli", "train", "--preset", "synth-tiny", "--data-root", str(synth_root), "--targets", "synth-real",
-        "--iters", "3", "--batch-size", "2", "--out", str(out), "--device", "cpu", "--log-every", "1",
-        "--set", "data.augment.crop_size=[64,128]", "--set", "data.eval_max_images=3",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29531",
+        "-m",
+        "ppar_cli",
+        "train",
+        "--preset",
+        "synth-tiny",
+        "--data-root",
+        str(synth_root),
+        "--targets",
+        "synth-real",
+        "--iters",
+        "3",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        "--set",
+        "data.augment.crop_size=[64,128]",
+        "--set",
+        "data.eval_max_images=3",
+    ]
     proc = subprocess.run(args, env=_cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     assert files == [
-        "config.json", "eval.json", "eval_per_class.csv", "last.safetensors", "last.state.safetensors",
-        "metrics.jsonl", "prototypes.safetensors",
-    ]  # fmt: skip
+        "config.json",
+        "eval.json",
+        "eval_per_class.csv",
+        "last.safetensors",
+        "last.state.safetensors",
+        "metrics.jsonl",
+        "prototypes.safetensors",
+    ]
     assert load_checkpoint(out / "last.safetensors").step == 3
     records = _records(out)
     assert [r["step"] for r in records] == [1, 2, 3]  # rank 0 alone logs

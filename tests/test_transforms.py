@@ -16,7 +16,6 @@ from ppar_core.data.transforms import (
     random_flip,
     random_scale,
     resize,
-    resize_to_scale,
 )
 
 
@@ -106,10 +105,3 @@ def test_full_pipeline_is_deterministic_per_seed_and_shapes() -> None:
     assert set(np.unique(a[1])) <= {0, 5, 13, 255}
     with pytest.raises(dataclasses.FrozenInstanceError):
         aug.crop_size = (1, 1)  # type: ignore[misc]
-
-
-def test_resize_to_scale_sizes() -> None:
-    image, _ = make_pair(10, 20)
-    assert resize_to_scale(image, 0.5).shape == (5, 10, 3)
-    assert resize_to_scale(image, 1.55).shape == (16, 31, 3)
-    assert resize_to_scale(image, 1.0) is image

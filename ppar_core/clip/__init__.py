@@ -6,7 +6,7 @@ cheap: open_clip (about 6 s to import) is loaded only when a model or tokenizer 
 
 from __future__ import annotations
 
-from ppar_core.clip.encoder import DenseClipEncoder, EncoderOutput, build_dense_encoder, resize_pos_embed_grid
+from ppar_core.clip.encoder import DenseClipEncoder, EncoderOutput, resize_pos_embed_grid
 from ppar_core.clip.presets import CLIP_PRESETS, DEFAULT_PRESET, ClipPreset, get_preset
 from ppar_core.clip.text import CLASS_PROMPTS, TEMPLATE_SETS, build_text_prototypes, load_templates
 from ppar_core.clip.weights import build_clip_model, get_tokenizer, load_state_dict_file, resolve_quick_gelu
@@ -20,7 +20,6 @@ __all__ = [
     "DenseClipEncoder",
     "EncoderOutput",
     "build_clip_model",
-    "build_dense_encoder",
     "build_text_prototypes",
     "get_preset",
     "get_tokenizer",

@@ -52,6 +52,8 @@ def resize_pos_embed_grid(pos: Tensor, old_grid: tuple[int, int], new_grid: tupl
 def runs_fused(block: nn.Module) -> bool:
     """Whether `fused_block_forward` computes this block exactly: open_clip's plain `ResidualAttentionBlock`
     (pre-norm, batch-first `nn.MultiheadAttention` with packed q/k/v weights, no extra key/value bias)."""
+    # open_clip takes about 6 s to import: it is loaded where a tower exists, so that commands which only read
+    # configs and reports (which import this module through the model config) never pay for it.
     from open_clip.transformer import ResidualAttentionBlock
 
     attn = getattr(block, "attn", None)
@@ -102,7 +104,7 @@ class DenseClipEncoder(nn.Module):
 
     def __init__(self, visual: nn.Module, preset: ClipPreset) -> None:
         super().__init__()
-        from open_clip.modified_resnet import ModifiedResNet
+        from open_clip.modified_resnet import ModifiedResNet  # lazy, as in `runs_fused`
         from open_clip.transformer import VisionTransformer
 
         if preset.kind == "vit":
@@ -228,15 +230,3 @@ class DenseClipEncoder(nn.Module):
         # Dense path (DenseCLIP / MaskCLIP): value and output projections applied to every layer-4 position.
         dense = pool.c_proj(value[:, 1:]).transpose(1, 2).reshape(batch, -1, grid_h, grid_w)
         return EncoderOutput(features=features, dense=dense, global_embedding=global_embedding)
-
-
-def build_dense_encoder(
-    preset: str | ClipPreset, *, pretrained: str | None = None, quick_gelu: bool | None = None
-) -> DenseClipEncoder:
-    """The image tower of `preset` (random weights when `pretrained` is None) wrapped as a `DenseClipEncoder`."""
-    from ppar_core.clip.presets import resolve_preset
-    from ppar_core.clip.weights import build_clip_model
-
-    preset = resolve_preset(preset)
-    model = build_clip_model(preset, pretrained=pretrained, quick_gelu=quick_gelu)
-    return DenseClipEncoder(model.visual, preset)

@@ -10,9 +10,11 @@ with one clear sentence or skip the sample and count it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -81,8 +83,6 @@ def read_synthia_label(path: Path) -> np.ndarray:
 
     The class id is in the first (R) channel of the PNG; OpenCV returns BGR(A), so it is the channel at index 2.
     """
-    import cv2  # local: keeps `import ppar_core.data` cheap for the CLI
-
     if not path.is_file():
         raise PparError(f"Label {path} does not exist: check the dataset root or re-extract the archive.")
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -150,8 +150,6 @@ LABELID_MAP = id_map_from_lut(
 
 def load_id_map_file(path: Path) -> IdMap:
     """Read a JSON id map `{"raw_value": trainId, ...}` (raw 0-65535, trainId 0-18 or 255) -> IdMap."""
-    import json
-
     try:
         entries = json.loads(path.read_text())
     except FileNotFoundError:

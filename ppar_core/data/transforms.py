@@ -61,17 +61,6 @@ def resize(image: np.ndarray, label: np.ndarray, *, size: tuple[int, int]) -> tu
     return new_image, new_label
 
 
-def resize_to_scale(image: np.ndarray, scale: float) -> np.ndarray:
-    """Rescale an image by `scale` (bilinear; area when shrinking, which avoids aliasing): (H,W,3) uint8 ->
-    (round(H*scale), round(W*scale), 3) uint8. Used for test-time scaling."""
-    height, width = image.shape[:2]
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if new_size == (width, height):
-        return image
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(image, new_size, interpolation=interpolation)
-
-
 def random_scale(
     image: np.ndarray, label: np.ndarray, *, scale_range: tuple[float, float], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
