@@ -16,8 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ppar_core.errors import PparError
-
-__version__ = "0.1.0"
+from ppar_core.version import __version__
 
 # public name -> the module that defines it
 _PUBLIC: dict[str, str] = {

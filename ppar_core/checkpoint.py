@@ -21,9 +21,9 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from ppar_core import __version__
 from ppar_core.errors import PparError
 from ppar_core.files import atomic_write
+from ppar_core.version import __version__
 
 CHECKPOINT_FORMAT_VERSION = 1
 

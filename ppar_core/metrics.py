@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ppar_core import labels
+import ppar_core.labels as labels
 from ppar_core.errors import PparError
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ppar_core import labels
+import ppar_core.labels as labels
 from ppar_core.data.base import SegDataset
 from ppar_core.errors import PparError
 from ppar_core.progress import ProgressFn

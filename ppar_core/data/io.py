@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ppar_core import labels
+import ppar_core.labels as labels
 from ppar_core.errors import PparError
 
 # PIL modes whose pixel values are class indices (P: palette index, L: 8-bit grey, I;16*: 16-bit grey, I: 32-bit).

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ppar_core import labels
+import ppar_core.labels as labels
 from ppar_core.data.base import SegDataset
 from ppar_core.data.datasets import acdc, bdd100k, cityscapes, folder, gta5, mapillary, synth_folder, synthia
 from ppar_core.errors import PparError

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppar_core import labels
+import ppar_core.labels as labels
 from ppar_core.data.base import SegDataset, strip_suffixes
 from ppar_core.data.io import read_label_index
 from ppar_core.errors import PparError

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ppar_core import labels
+import ppar_core.labels as labels
 from ppar_core.data.base import (
     LabelDecoder,
     SegDataset,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ppar_core import labels
+import ppar_core.labels as labels
 from ppar_core.data.base import (
     LabelDecoder,
     SegDataset,
