@@ -49,9 +49,17 @@ def test_no_arguments_shows_help(cli) -> None:
     assert "Usage" in result.out + result.err
 
 
-def test_usage_error_exits_2(cli) -> None:
-    assert cli("train", "--no-such-flag").code == 2
-    assert cli("no-such-command").code == 2
+def test_usage_errors_are_one_line_and_exit_1(cli) -> None:
+    for args, needle in [
+        (("train", "--no-such-flag"), "No such option: --no-such-flag"),
+        (("no-such-command",), "No such command"),
+        (("eval", "--target", "x"), "did you mean --targets?"),
+        (("eval", "ckpt.safetensors", "--json", "true"), "--json is a flag and takes no value"),
+    ]:
+        result = cli(*args)
+        assert result.code == 1, args
+        assert needle in result.err and len(result.err.strip().splitlines()) == 1, result.err
+        assert "Traceback" not in result.err
 
 
 def test_importing_the_cli_is_light() -> None:
