@@ -13,46 +13,75 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ppar_cli.options import DeviceOption, JsonOption, console, err_console, print_json
+from ppar_cli.options import DeviceOption, ForceOption, JsonOption, console, err_console, print_json
 from ppar_cli.render import progress_bars
 
 HELP = """Segment images: files, folders (recursively) or glob patterns.
 
-Writes <out>/<name>_<format>.png per image and format: overlay (image blended with class colours, legend strip of
-the classes present below it), color (class colours), trainid (0-18) and labelid (Cityscapes labelIds, the
-benchmark's submission format); masks have the input's size. Images found in a folder keep their sub-folder path.
-Grey, RGBA (composited on black), 16-bit and EXIF-rotated images are handled; an unreadable file is reported and
-skipped, and the exit code is 1 at the end if any failed.
+The model: --checkpoint/-c, else a first argument that is a checkpoint (ppar predict CKPT IMAGES...), else $PPAR_CHECKPOINT, else the newest runs/*/last.safetensors under the working folder; the one used is printed.
 
-Example: [bold]ppar predict runs/g2cbm/last.safetensors img.png street/ "frames/*.jpg" --out preds/[/bold]
-"""
+Writes <out>/<name>_<format>.png per image and format: overlay (image blended with class colours, legend strip of the classes present below it), color (class colours), trainid (0-18) and labelid (Cityscapes labelIds, the benchmark's submission format); masks have the input's size. Without --out each call writes a new folder runs/predict, runs/predict-2, ...; an --out that already holds outputs of the same names needs --force. Images found in a folder keep their sub-folder path; same names from different folders mirror their folders. Grey, RGBA (composited on black), 16-bit and EXIF-rotated images are handled; an unreadable file is reported and skipped, and the exit code is 1 at the end if any failed.
+
+Example: [bold]ppar predict img.png[/bold]
+Example: [bold]ppar predict -c runs/g2cbm/last.safetensors img.png street/ "frames/*.jpg" --out preds/[/bold]
+"""  # noqa: E501
 
 
 def command(
-    checkpoint: Annotated[Path, typer.Argument(help="A ppar checkpoint (.safetensors).", show_default=False)],
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", help="Output folder.", show_default=False)],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders or glob patterns (a checkpoint may come first).", show_default=False),
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", "-c", help="The model (default: see above).", show_default=False),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default: a new runs/predict-N).", show_default=False)
+    ] = None,
     formats: Annotated[str, typer.Option("--format", help="Comma-separated: overlay,color,trainid,labelid.")] = (
         "overlay,color,trainid,labelid"
     ),
     alpha: Annotated[float, typer.Option(help="Opacity of the class colours in the overlay, 0-1.")] = 0.5,
-    inference: Annotated[str | None, typer.Option(help="slide or whole (default: the checkpoint's).")] = None,
-    crop: Annotated[int | None, typer.Option(help="Sliding-window size, pixels.")] = None,
-    stride: Annotated[int | None, typer.Option(help="Sliding-window step, pixels.")] = None,
-    tta: Annotated[str | None, typer.Option(help="none, flip or ms-flip.")] = None,
+    inference: Annotated[
+        str | None, typer.Option(help="slide or whole (default: the checkpoint's).", show_default=False)
+    ] = None,
+    crop: Annotated[int | None, typer.Option(help="Sliding-window size, pixels.", show_default=False)] = None,
+    stride: Annotated[int | None, typer.Option(help="Sliding-window step, pixels.", show_default=False)] = None,
+    tta: Annotated[str | None, typer.Option(help="none, flip or ms-flip.", show_default=False)] = None,
     device: DeviceOption = "auto",
+    force: ForceOption = False,
     json_out: JsonOption = False,
 ) -> None:
+    from ppar_core.errors import PparError
     from ppar_core.labels import CLASS_NAMES
-    from ppar_core.predict import Predictor, collect_inputs, parse_formats, predict_files
+    from ppar_core.predict import (
+        Predictor,
+        choose_model,
+        choose_out,
+        collect_inputs,
+        existing_outputs,
+        parse_formats,
+        predict_files,
+    )
 
     chosen = parse_formats(formats)
-    items = collect_inputs(inputs)
+    model, how, images = choose_model(inputs, checkpoint)
+    folder = choose_out(out, images)
+    items = collect_inputs(images, exclude=folder)
+    clash = existing_outputs(items, folder, chosen)
+    if clash and not force:
+        raise PparError(
+            f"{folder} already holds {len(clash)} output(s) of these images (e.g. {clash[0].name}): pass --force to "
+            "replace them, or choose another --out."
+        )
     flags = {"mode": inference, "crop_size": crop, "stride": stride, "tta": tta}
     changes: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, **changes)
-    with progress_bars() as bars:
-        summary = predict_files(predictor, items, out, formats=chosen, alpha=alpha, progress=bars)
+    if not json_out:
+        err_console.print(f"Model: {escape(str(model))} ({how})")
+    predictor = Predictor.from_checkpoint(model, device=device, **changes)
+    with progress_bars(enabled=not json_out) as bars:
+        summary = predict_files(predictor, items, folder, formats=chosen, alpha=alpha, progress=bars)
     classes: list[dict[str, Any]] = [
         {"class": CLASS_NAMES[k], "pixels": int(summary.class_pixels[k]), "images": int(summary.class_images[k])}
         for k in range(len(CLASS_NAMES))
@@ -61,9 +90,10 @@ def command(
     if json_out:
         print_json(
             {
-                "out": str(out),
+                "model": str(model),
+                "out": str(folder),
                 "images": summary.done,
-                "written": len(summary.written),
+                "outputs": {str(p): [str(o) for o in outs] for p, outs in summary.outputs.items()},
                 "classes": classes,
                 "failed": [{"path": str(p), "error": msg} for p, msg in summary.failed],
             }
@@ -75,7 +105,7 @@ def command(
         for row in classes:
             table.add_row(escape(row["class"]), f"{row['pixels']:,}", str(row["images"]))
         console.print(table)
-        console.print(f"Wrote {len(summary.written)} file(s) under {escape(str(out))}")
+        console.print(f"Wrote {len(summary.written)} file(s) under {escape(str(folder))}")
     for path, message in summary.failed:
         err_console.print(f"[red]skipped {escape(str(path))}: {escape(message)}[/red]")
     if summary.failed:

@@ -29,6 +29,7 @@ CHECKPOINT_FORMAT_VERSION = 1
 
 KIND_MODEL = "model"
 KIND_TRAIN_STATE = "train_state"
+CHECKPOINT_FILE = "last.safetensors"  # the model checkpoint of a training run, in its folder
 
 # Metadata keys written as plain strings; everything else in the metadata is JSON.
 _RESERVED = ("format_version", "kind", "config", "step", "ppar_version")
@@ -234,6 +235,21 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> tuple[i
     return _step(path, metadata), extra, meta
 
 
+def safetensors_metadata(path: Path) -> dict[str, str] | None:
+    """The metadata of a safetensors file from its header alone (no tensor is read), or None when `path` is not a
+    readable safetensors file. Cheap: for telling files apart (a checkpoint, a prototypes file, an image)."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                return None
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError):
+        return None
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    return dict(meta) if isinstance(meta, dict) else None
+
+
 def sibling_state_path(model_path: Path) -> Path:
     """The training-state file beside a model checkpoint: `last.safetensors` -> `last.state.safetensors`."""
     model_path = Path(model_path)
@@ -269,11 +285,10 @@ def _write(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> 
             seen_storages.add(key)
         prepared[name] = cpu
 
-    def write(tmp: Path) -> None:
-        # Looked up on the module at call time, so tests can slow it down to kill a save midway.
-        safetensors.torch.save_file(prepared, str(tmp), metadata=metadata)
-
-    atomic_write(path, write)
+    # Serialised in memory and written by ppar itself into its own temporary file: `save_file` would write through a
+    # temporary file of the library's, which a kill -9 leaves behind under a name ppar does not know.
+    payload = safetensors.torch.save(prepared, metadata=metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(payload))
 
 
 def _read(

@@ -10,12 +10,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import stat
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from ppar_core.errors import PparError
+
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -74,3 +78,82 @@ def file_sha256(path: Path) -> str:
     except FileNotFoundError:
         raise PparError(f"File {path} does not exist: check the path.") from None
     return digest.hexdigest()
+
+
+def is_own_temporary(path: Path) -> bool:
+    """Whether `path` is a temporary file of `atomic_write` (`.<name>.<12 hex>.tmp`)."""
+    return _TEMPORARY.fullmatch(path.name) is not None
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files `atomic_write` left in `folder` when a process was killed mid-write -> them.
+
+    Call it only where no other process writes (a locked run folder): a live writer's temporary looks the same.
+    """
+    removed = []
+    for path in sorted(Path(folder).glob(".*.tmp")):
+        if path.is_file() and is_own_temporary(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def check_output_folder(folder: str | Path, *, what: str = "--out") -> Path:
+    """PparError unless `folder` is a folder this process can write into, or can be created as one -> the path.
+
+    Checked before any work starts, so a long run never fails at its first write. Nothing is created: the nearest
+    existing folder is probed with a temporary file of ours, removed at once (permission bits alone would pass a
+    read-only filesystem, and every folder for root).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PparError(f"{folder} is a file, but {what} needs a folder: pass a folder path.")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PparError(f"{existing} is a file, so {folder} cannot be created as a folder for {what}.")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".ppar-probe-")
+    except OSError as exc:
+        raise PparError(
+            f"Cannot write into {existing} ({exc.strerror}): it is read-only or not yours; pass a writable {what}."
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+    return folder
+
+
+def check_output_file(
+    path: str | Path,
+    *,
+    force: bool,
+    kind: str,
+    is_kind: Callable[[Path], bool] | None = None,
+    what: str = "--out",
+) -> Path:
+    """PparError unless `path` may be written as a new `kind` file -> the path.
+
+    A folder is refused; an existing file is refused when it is not a `kind` file (`is_kind`; even with --force:
+    it is something else the user owns), and without `force` otherwise. Its folder must be writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise PparError(f"{path} is a folder, but {what} needs a file name: pass e.g. {path / ('out.' + kind)}.")
+    if path.exists():
+        if is_kind is not None and not is_kind(path):
+            raise PparError(f"{path} exists and is not a {kind} file: ppar will not replace it; choose another {what}.")
+        if not force:
+            raise PparError(f"{path} already exists: pass --force to replace it, or choose another {what}.")
+    check_output_folder(path.parent, what=what)
+    return path
+
+
+def next_free_folder(base: str | Path) -> Path:
+    """`base` if it does not exist yet, else the first of `base-2`, `base-3`, ... that does not: a new folder for
+    each run or prediction made without an explicit --out, so that none replaces another."""
+    base = Path(base)
+    candidate, n = base, 2
+    while candidate.exists():
+        candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return candidate

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ppar_core.errors import PparError
+from ppar_core.files import atomic_write
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -126,13 +127,14 @@ def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
 def write_png(path: str | Path, array: np.ndarray) -> Path:
     """Write (H,W) uint8 ids or (H,W,3) uint8 RGB as a PNG, creating the folder. Returns the path.
 
-    Id maps are written as plain 8-bit grey PNGs (not palettised), the format of Cityscapes labelId submissions.
+    Id maps are written as plain 8-bit grey PNGs (not palettised), the format of Cityscapes labelId submissions. The
+    write is atomic: a reader (or an interruption) never sees half a PNG.
     """
     path = Path(path)
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
         raise ValueError(f"write_png expects (H,W) or (H,W,3) uint8, got {array.shape} {array.dtype}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array), mode="L" if array.ndim == 2 else "RGB").save(path, format="PNG")
+    picture = Image.fromarray(np.ascontiguousarray(array), mode="L" if array.ndim == 2 else "RGB")
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
     return path
 
 

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor
 
+from ppar_core.checkpoint import KIND_MODEL, KIND_TRAIN_STATE, safetensors_metadata
 from ppar_core.clip.encoder import DenseClipEncoder
 from ppar_core.clip.presets import get_preset
 from ppar_core.clip.text import build_text_prototypes, class_prompt_names, load_templates
@@ -113,6 +114,11 @@ def _metadata_strings(protos: Prototypes) -> dict[str, str]:
     return out
 
 
+def is_prototypes_file(path: str | Path) -> bool:
+    """Whether `path` is a ppar prototypes file (by its header: no tensor is read)."""
+    return (safetensors_metadata(Path(path)) or {}).get("format") == PROTOTYPES_FORMAT
+
+
 def save_prototypes(path: str | Path, protos: Prototypes) -> Path:
     """Write `protos` to `path` (.safetensors) atomically: a reader sees the old file or the new one, never a part."""
     path = Path(path)
@@ -137,6 +143,13 @@ def load_prototypes(
     path = Path(path)
     if not path.is_file():
         raise PparError(f"Prototypes file {path} does not exist: build one with `ppar prototypes build --out {path}`.")
+    kind = (safetensors_metadata(path) or {}).get("kind")
+    if kind in (KIND_MODEL, KIND_TRAIN_STATE):
+        what = "a model checkpoint" if kind == KIND_MODEL else "a training-state file"
+        raise PparError(
+            f"{path} is {what}, not a prototypes file: pass the prototypes file (`ppar prototypes build` makes one; "
+            "a run without one keeps its own as prototypes.safetensors in its folder)."
+        )
     rebuild = f"rebuild it with `ppar prototypes build --out {path}`"
     try:
         with safe_open(str(path), framework="pt") as handle:

@@ -357,17 +357,15 @@ _KILLED_WRITER = textwrap.dedent(
     import torch
     from ppar_core.checkpoint import save_checkpoint
 
-    real_save = safetensors.torch.save_file
+    real_write = Path.write_bytes
 
-    def slow_save(tensors, filename, metadata=None):
+    def slow_write(self, data):
         # Write half of the new file's bytes, then hang: the parent kills us here, mid-save.
-        real_save(tensors, filename, metadata=metadata)
-        data = Path(filename).read_bytes()
-        Path(filename).write_bytes(data[: len(data) // 2])
-        Path(sys.argv[2]).write_text("writing")
+        real_write(self, data[: len(data) // 2])
+        real_write(Path(sys.argv[2]), b"writing")
         time.sleep(120)
 
-    safetensors.torch.save_file = slow_save
+    Path.write_bytes = slow_write
     save_checkpoint(Path(sys.argv[1]), tensors={"w": torch.full((256, 256), 2.0)}, config={"v": 2}, step=2)
     """
 )

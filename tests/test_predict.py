@@ -109,11 +109,27 @@ def test_collect_inputs_files_folders_globs_and_collisions(tmp_path: Path) -> No
     b.parent.mkdir()
     b.write_bytes(a.read_bytes())
     c = _png(tmp_path / "other" / "y.png")
+    # No clash: a folder keeps sub-paths, a file is named by its stem; a repeated file counts once.
+    items = collect_inputs([tmp_path / "in", c, c])
+    names = [(i.path.relative_to(tmp_path).as_posix(), i.rel) for i in items]
+    assert names == [("in/sub/x.png", "sub/x"), ("in/x.png", "x"), ("other/y.png", "y")]
+    assert output_path(tmp_path / "o", items[0], "labelid") == tmp_path / "o" / "sub" / "x_labelid.png"
+    # The glob match other/x.jpg would clash with in/x.png: every output mirrors its path below the shared folder.
     items = collect_inputs([tmp_path / "in", str(tmp_path / "other" / "*.jpg"), c, a])
     names = [(i.path.relative_to(tmp_path).as_posix(), i.rel) for i in items]
-    # the folder keeps sub-paths; the glob match x.jpg collides with in/x.png -> x_jpg; a repeated file counts once
-    assert names == [("in/sub/x.png", "sub/x"), ("in/x.png", "x"), ("other/x.jpg", "x_jpg"), ("other/y.png", "y")]
-    assert output_path(tmp_path / "o", items[0], "labelid") == tmp_path / "o" / "sub" / "x_labelid.png"
+    assert names == [
+        ("in/sub/x.png", "in/sub/x"),
+        ("in/x.png", "in/x"),
+        ("other/x.jpg", "other/x"),
+        ("other/y.png", "other/y"),
+    ]
+    # Two files of one folder that differ only in the extension: the later one gets it appended.
+    _png(tmp_path / "other" / "y.bmp")
+    assert [i.rel for i in collect_inputs([tmp_path / "other"])] == ["x", "y", "y_png"]
+    # The output folder is never an input, even inside an input folder.
+    _png(tmp_path / "in" / "preds" / "x_overlay.png")
+    rels = [i.rel for i in collect_inputs([tmp_path / "in"], exclude=tmp_path / "in" / "preds")]
+    assert rels == ["sub/x", "x"]
     with pytest.raises(PparError, match="does not exist"):
         collect_inputs([tmp_path / "missing.png"])
     with pytest.raises(PparError, match="matches no image"):

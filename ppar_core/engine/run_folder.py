@@ -22,14 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ppar_core.checkpoint import save_checkpoint, save_training_state, sibling_state_path
+from ppar_core.checkpoint import CHECKPOINT_FILE, save_checkpoint, save_training_state, sibling_state_path
 from ppar_core.config import TrainConfig, to_dict
 from ppar_core.errors import PparError
 from ppar_core.evaluation.report import REPORT_FILE
 from ppar_core.files import atomic_write
 from ppar_core.runtime import capture_rng_state
 
-MODEL_FILE = "last.safetensors"
+MODEL_FILE = CHECKPOINT_FILE
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PROTOTYPES_FILE = "prototypes.safetensors"
