@@ -16,25 +16,25 @@ if TYPE_CHECKING:
 
 HELP = """Show the reliability weights of a PPAR run, per class: mean, histogram, share below 0.5 and above 2.
 
-Without --data it reads the statistics training stored in the checkpoint (warm-up steps recorded w = 1). With
---data DATASET (or a FOLDER holding images/ and labels/ with trainId PNGs, i.e. --data folder=FOLDER) it computes the
-weights afresh, fully ramped in, for --num images evenly spread over the split: per-class statistics, the images with
-the most down-weighted pixels and, with --out, one heat map per image (lowest-weight decile outlined). --out also gets
-class_histograms.png and class_mean_weights.png (needs matplotlib: pip install 'ppar\\[plots]').
+Without --data it reads the statistics training stored in the checkpoint (warm-up steps recorded w = 1). With --data DATASET (or a FOLDER holding images/ and labels/ with trainId PNGs, i.e. --data folder=FOLDER) it computes the weights afresh, fully ramped in, for --num images evenly spread over the split: per-class statistics, the images with the most down-weighted pixels and, with --out, one heat map per image (lowest-weight decile outlined). --out also gets class_histograms.png and class_mean_weights.png (needs matplotlib: pip install 'ppar\\[plots]').
 
---json prints {"source", "classes": {name: {"mean", "hist", "low_fraction", "high_fraction", "pixels"}}, "images"};
-with --compare it prints {"runs": {"A": {"checkpoint", "source", "classes", "images"}, "B": {...}}} and --out gets
-sub-folders A/ and B/.
+--json prints {"source", "classes": {name: {"mean", "hist", "low_fraction", "high_fraction", "pixels"}}, "images"}; with --compare it prints {"runs": {"A": {"checkpoint", "source", "classes", "images"}, "B": {...}}} and --out gets sub-folders A/ and B/.
 
 Example: [bold]ppar analyze-weights runs/g2cbm/last.safetensors --data gta5 --num 16 --out weights/[/bold]
 Compare: [bold]ppar analyze-weights runs/otp/last.safetensors --compare runs/ratio/last.safetensors[/bold]
-"""
+"""  # noqa: E501
 
 _SPARK = " ▁▂▃▄▅▆▇█"
 
 
 def command(
-    checkpoint: Annotated[Path, typer.Argument(help="A model checkpoint (.safetensors) written by `ppar train`.")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A model checkpoint written by `ppar train` (default: $PPAR_CHECKPOINT, else the newest run).",
+            show_default=False,
+        ),
+    ] = None,
     folder: Annotated[
         Path | None,
         typer.Argument(help="Your own labelled images: a folder with images/ and labels/ (same as --data folder=…)."),
@@ -54,7 +54,16 @@ def command(
 ) -> None:
     from ppar_core.analysis.weights import AnalysisConfig, analyze_weights
     from ppar_core.errors import PparError
+    from ppar_core.files import check_output_folder
+    from ppar_core.loading import find_checkpoint
 
+    if checkpoint is not None and checkpoint.is_dir() and folder is None:
+        checkpoint, folder = None, checkpoint  # `ppar analyze-weights FOLDER`: the images, with the newest run
+    checkpoint, how = find_checkpoint(checkpoint)
+    if how != "given" and not as_json:
+        err_console.print(f"Analysing {checkpoint} ({how}).")
+    if out is not None:
+        check_output_folder(out)
     if folder is not None and data is not None:
         raise PparError(f"Both a FOLDER ({folder}) and --data {data} were given: pass one of them.")
     spec = f"folder={folder}" if folder is not None else data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -29,19 +30,35 @@ def _fmt(value: float | None) -> str:
 
 
 class TrainingProgress:
-    """A progress bar fed by the trainer's log records: step, ETA, loss terms, lr, img/s."""
+    """Training progress fed by the trainer's log records.
+
+    On a terminal: a bar with step/total, elapsed and ETA always visible; the loss terms, lr and img/s follow when
+    the terminal is wide enough (the less important fields go first). Elsewhere (a log file, nohup, a cluster job):
+    one plain line per logged step, with the same fields. Once a few steps have run, one line estimates the total.
+    """
 
     def __init__(self, progress: Progress, total: int) -> None:
         self.progress = progress
+        self.total = total
         self.task = progress.add_task("train", total=total, info="starting")
         self.eval_task: Any = None
         self.started = False
+        self.terminal = err_console.is_terminal
+        self.first: tuple[int, float] | None = None  # (step, time) of the first record: the warm-up is not timed
+        self.estimated = False
+        self.began = time.perf_counter()
 
     def _start(self) -> None:
         # Started by the first record, so that errors raised while the run is set up print alone.
-        if not self.started:
+        if not self.started and self.terminal:
             self.progress.start()
-            self.started = True
+        self.started = True
+
+    def on_start(self, plan: Mapping[str, str]) -> None:
+        """Print the run's plan (model, weights, steps, batch, crop, data, workers, device, folder), one line each."""
+        width = max(len(k) for k in plan)
+        for key, value in plan.items():
+            err_console.print(f"{key:>{width}}  {value}", highlight=False, soft_wrap=True)
 
     def on_log(self, record: dict[str, Any]) -> None:
         self._start()
@@ -49,15 +66,42 @@ class TrainingProgress:
             parts = ", ".join(f"{name} {_fmt(v)}" for name, v in record["eval"].items())
             err_console.print(f"step {record['step']}: mIoU {parts} (mean {_fmt(record['mean_miou'])})")
             return
-        info = (
-            f"loss {record.get('total', float('nan')):.3f} seg {record.get('seg', float('nan')):.3f} "
-            f"pa {record.get('pa', 0.0):.3f} w {record.get('mean_weight', 1.0):.2f} "
-            f"lr {record.get('lr', 0.0):.2e} {record.get('img_per_s', 0.0):.1f} img/s"
-        )
-        self.progress.update(self.task, completed=record["step"], info=info)
+        step, now = int(record["step"]), time.perf_counter()
+        if self.first is None:
+            self.first = (step, now)
+        rate = (now - self.first[1]) / (step - self.first[0]) if step > self.first[0] else None  # s/step
+        fields = [
+            f"loss {record.get('total', float('nan')):.3f}",
+            f"{record.get('img_per_s', 0.0):.1f} img/s",
+            f"seg {record.get('seg', float('nan')):.3f} pa {record.get('pa', 0.0):.3f}",
+            f"w {record.get('mean_weight', 1.0):.2f} lr {record.get('lr', 0.0):.2e}",
+        ]
+        if self.terminal:
+            room = err_console.width - 56  # what the bar, step/total, elapsed and eta take
+            shown: list[str] = []
+            for item in fields:  # in order of importance: whatever fits
+                if len(" ".join([*shown, item])) <= room:
+                    shown.append(item)
+            self.progress.update(self.task, completed=step, info=" ".join(shown))
+        else:
+            eta = "-" if rate is None else _clock(rate * (self.total - step))
+            clock = f"elapsed {_clock(now - self.began)} eta {eta}"
+            line = f"step {step}/{self.total} ({100 * step / self.total:.0f}%) {clock} | " + " | ".join(fields)
+            err_console.print(line, highlight=False, soft_wrap=True)
+        if not self.estimated and rate is not None and (step - self.first[0] >= 3 or now - self.first[1] > 20):
+            self.estimated = True
+            err_console.print(
+                f"estimate: {self.total} steps take about {_clock(rate * self.total)} at {rate:.2f} s/step "
+                f"(about {_clock(rate * (self.total - step))} left)",
+                highlight=False,
+            )
 
     def on_eval(self, task: str, done: int, total: int) -> None:
         self._start()
+        if not self.terminal:
+            if done >= total:
+                err_console.print(f"{task}: {total} image(s) done", highlight=False)
+            return
         if self.eval_task is None:
             self.eval_task = self.progress.add_task("eval", total=total, info=task)
         self.progress.update(self.eval_task, completed=done, total=total, info=task)
@@ -66,11 +110,16 @@ class TrainingProgress:
             self.eval_task = None
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 @contextmanager
 def training_progress(total: int) -> Iterator[TrainingProgress]:
     progress = Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=16),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),
@@ -83,7 +132,7 @@ def training_progress(total: int) -> Iterator[TrainingProgress]:
     try:
         yield tracker
     finally:
-        if tracker.started:
+        if tracker.started and tracker.terminal:
             progress.stop()
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ppar_cli.options import DataRootOption, console, err_console
-from ppar_cli.render import report_table, setup_logging, training_progress
+from ppar_cli.render import report_table, training_progress
 
 # Flag -> the dotted config field it sets. `--crop N` sets both crop sides.
 FLAG_FIELDS: dict[str, str] = {
@@ -37,12 +37,13 @@ FLAG_FIELDS: dict[str, str] = {
 
 HELP = """Train on a source domain; evaluate on target domains it never sees.
 
-Settings come from defaults (or --preset), then --config FILE.toml, then the flags, then --set overrides.
+Settings come from defaults (or --preset), then --config FILE.toml, then the flags, then --set overrides. Dataset names take the usual aliases (bdd, cs, gtav, vistas, syn). Without --out each run gets a new folder (runs/ppar, runs/ppar-2, ...). Ctrl-C or SIGTERM saves a checkpoint; `ppar train --out RUN --resume` continues it exactly, with the run's own config. Sizes are HxW.
 
+Example: [bold]ppar train --source gta5 --targets cityscapes,bdd[/bold]
 Example: [bold]ppar train --source gta5 --targets cityscapes,bdd100k,mapillary --model vit-b16 --out runs/g2cbm[/bold]
 CPU demo: [bold]ppar train --preset synth-tiny --data-root demo/data --iters 100[/bold]
 Several GPUs: [bold]torchrun --nproc-per-node 4 -m ppar_cli train ...[/bold]
-"""
+"""  # noqa: E501
 
 
 def command(
@@ -64,8 +65,12 @@ def command(
     iters: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step per process.")] = None,
     crop: Annotated[int | None, typer.Option(help="Square training crop size.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.safetensors.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default: a new runs/ppar-N each time).", show_default=False)
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out, with its own saved config.")
+    ] = False,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a config field: a.b=value.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
@@ -74,8 +79,13 @@ def command(
     log_every: Annotated[int | None, typer.Option(help="Steps between metrics.jsonl lines.")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
 ) -> None:
+    from dataclasses import replace
+
     from ppar_core.config import resolve_config
+    from ppar_core.engine.run_folder import RunFolder
     from ppar_core.engine.train import train
+    from ppar_core.errors import PparError
+    from ppar_core.files import next_free_folder
 
     flags: dict[str, Any] = {
         "source": source,
@@ -101,14 +111,25 @@ def command(
         "workers": workers,
     }
     fields = {FLAG_FIELDS[name]: [v, v] if name == "crop" and v is not None else v for name, v in flags.items()}
-    cfg = resolve_config(preset=preset, config_file=config, fields=fields, overrides=overrides or [])
-    setup_logging()
+    settings = {"preset": preset, "config_file": config, "fields": fields, "overrides": overrides or []}
+    if resume:
+        if out is None:
+            raise PparError("--resume needs --out RUN, the run folder to continue (e.g. --out runs/ppar).")
+        # The run's own config is the base: `--out RUN --resume` alone continues it; options given must agree.
+        saved = RunFolder(out).read_config()
+        cfg = resolve_config(**settings, base=None if preset or config else saved)
+    else:
+        cfg = resolve_config(**settings)
+        if out is None and not any(o.split("=", 1)[0].strip() == "out" for o in overrides or []):
+            cfg = replace(cfg, out=str(next_free_folder(cfg.out)))  # a new run folder, never the last one's
     with training_progress(cfg.iters) as progress:
-        result = train(cfg, resume=resume, on_log=progress.on_log, on_eval_progress=progress.on_eval)
+        result = train(
+            cfg, resume=resume, on_log=progress.on_log, on_eval_progress=progress.on_eval, on_start=progress.on_start
+        )
     if result.interrupted:
         err_console.print(
             f"[yellow]Interrupted at step {result.step}; saved {result.checkpoint}. "
-            f"Continue with the same command plus --resume.[/yellow]"
+            f"Continue with: ppar train --out {result.out_dir} --resume[/yellow]"
         )
         raise typer.Exit(130)
     console.print(f"Checkpoint: {result.checkpoint} (step {result.step})")

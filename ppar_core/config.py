@@ -110,6 +110,25 @@ class TrainConfig:
 RESUMABLE_FIELDS = ("device", "out", "checkpoint_every", "eval_every", "log_every", "data.workers", "data.data_root")
 
 
+def check_resumable(saved: TrainConfig, asked: TrainConfig, *, run: str) -> None:
+    """PparError naming every field where `asked` differs from the run's `saved` config (but the resumable ones),
+    with the value the run has: a resumed run must compute what the uninterrupted one would."""
+    changed = [k for k in config_diff(saved, asked) if k not in RESUMABLE_FIELDS]
+    if changed:
+        saved_dict = to_dict(saved)
+        values = ", ".join(f"{k}={_dotted(saved_dict, k)!r}" for k in changed)
+        raise PparError(
+            f"Cannot resume {run} with other values for {', '.join(changed)}: the run has {values}. Drop those "
+            "options (a resumed run keeps its own config), or start a new run with another --out."
+        )
+
+
+def _dotted(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Strict, typed conversion between dicts and dataclasses
 
@@ -313,10 +332,11 @@ def resolve_config(
     config_file: Path | None = None,
     fields: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    base: TrainConfig | None = None,
 ) -> TrainConfig:
-    """preset (or defaults) < TOML file < `fields` (dotted name -> value; None = not given) < `--set` overrides;
-    validated."""
-    cfg = get_train_preset(preset) if preset else TrainConfig()
+    """preset (or `base`, or the defaults) < TOML file < `fields` (dotted name -> value; None = not given) < `--set`
+    overrides; validated."""
+    cfg = get_train_preset(preset) if preset else (base or TrainConfig())
     if config_file is not None:
         cfg = load_toml(config_file, base=cfg)
     nested: dict[str, Any] = {}

@@ -1,24 +1,27 @@
-"""Stopping a training run cleanly: Ctrl-C asks the loop to stop at the next step boundary (it then saves a
-checkpoint); a second Ctrl-C aborts at once."""
+"""Stopping a training run cleanly: Ctrl-C (SIGINT) or SIGTERM (what `timeout`, SLURM and docker send) asks the
+loop to stop at the next step boundary, where it saves a checkpoint that `--resume` continues exactly; a second
+signal aborts at once."""
 
 from __future__ import annotations
 
 import signal
 from typing import Any
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class StopFlag:
-    """A context manager that turns SIGINT into `requested = True` while it is active (main thread only)."""
+    """A context manager that turns SIGINT and SIGTERM into `requested = True` while active (main thread only)."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopFlag:
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
         except ValueError:  # not in the main thread: leave signals alone
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -27,5 +30,5 @@ class StopFlag:
         self.requested = True
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ppar_core.checkpoint import CHECKPOINT_FILE, save_checkpoint, save_training_state, sibling_state_path
-from ppar_core.config import TrainConfig, to_dict
+from ppar_core.config import TrainConfig, from_dict, to_dict
 from ppar_core.errors import PparError
 from ppar_core.evaluation.report import REPORT_FILE
 from ppar_core.files import atomic_write
@@ -100,6 +100,15 @@ class RunFolder:
             path.unlink(missing_ok=True)
             if created and not any(self.out.iterdir()):
                 self.out.rmdir()
+
+    def read_config(self) -> TrainConfig:
+        """The config the run was started with (its config.json)."""
+        if not self.config.is_file():
+            raise PparError(f"{self.out} holds no {CONFIG_FILE}: it is not a ppar run folder (or was never started).")
+        try:
+            return from_dict(TrainConfig, json.loads(self.config.read_text(encoding="utf-8")))
+        except (ValueError, PparError) as exc:
+            raise PparError(f"{self.config} cannot be read as a run config ({exc}).") from None
 
     def write_config(self, cfg: TrainConfig) -> None:
         text = json.dumps(to_dict(cfg), indent=2) + "\n"

@@ -21,24 +21,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from ppar_core.checkpoint import Checkpoint, load_checkpoint, load_into_module, load_training_state
-from ppar_core.clip.presets import get_preset
-from ppar_core.config import RESUMABLE_FIELDS, TrainConfig, config_diff, from_dict
+from ppar_core.checkpoint import load_into_module, load_training_state
+from ppar_core.config import TrainConfig
 from ppar_core.data import build_dataset
 from ppar_core.engine.distributed import DistContext, cleanup_distributed, init_distributed
 from ppar_core.engine.interrupt import StopFlag
 from ppar_core.engine.optim import build_optimizer
-from ppar_core.engine.run_folder import MODEL_FILE, RunFolder
+from ppar_core.engine.run_folder import RunFolder
 from ppar_core.engine.sampling import StreamSampler, TrainSamples
+from ppar_core.engine.start import checkpoint_to_resume, plan, start_prototypes
 from ppar_core.engine.step import train_step
 from ppar_core.errors import PparError
 from ppar_core.evaluation.evaluate import evaluate_targets
 from ppar_core.evaluation.report import build_eval_report, training_report, write_eval_report
 from ppar_core.evaluation.targets import Target, build_targets
-from ppar_core.labels import CLASS_NAMES, NUM_CLASSES
+from ppar_core.files import remove_stale_temporaries
+from ppar_core.labels import CLASS_NAMES
 from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor, resolve_model_config
 from ppar_core.progress import ProgressFn
-from ppar_core.prototypes import Prototypes, build_prototypes, load_prototypes, save_prototypes
+from ppar_core.prototypes import save_prototypes
 from ppar_core.runtime import restore_rng_state, seed_everything
 
 log = logging.getLogger("ppar.train")
@@ -59,17 +60,19 @@ def train(
     resume: bool = False,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_eval_progress: ProgressFn | None = None,
+    on_start: Callable[[dict[str, str]], None] | None = None,
 ) -> TrainResult:
     """Train PPAR (or the ERM baseline) as `cfg` says; returns where the checkpoint is and the final report.
 
-    `on_log(record)` receives every metrics.jsonl record (rank 0), for progress display.
+    `on_start(plan)` receives the run's plan (`plan(...)`) once its data are checked, `on_log(record)` every
+    metrics.jsonl record (rank 0), for progress display.
     """
     cfg = replace(cfg, model=resolve_model_config(cfg.model)).validate()
     dist = init_distributed(cfg.device)
     run = RunFolder(cfg.out)
     try:
         with run.locked() if dist.is_main else contextlib.nullcontext():
-            return _train(cfg, run, dist, resume, on_log, on_eval_progress)
+            return _train(cfg, run, dist, resume, on_log, on_eval_progress, on_start)
     finally:
         cleanup_distributed(dist)
 
@@ -81,9 +84,13 @@ def _train(
     resume: bool,
     on_log: Callable[[dict[str, Any]], None] | None,
     on_eval_progress: ProgressFn | None,
+    on_start: Callable[[dict[str, str]], None] | None,
 ) -> TrainResult:
     device = dist.device
-    checkpoint = _checkpoint_to_resume(cfg, run) if resume else None
+    removed = remove_stale_temporaries(run.out)
+    if removed:
+        log.info("Removed %d temporary file(s) left by an interrupted write in %s.", len(removed), run.out)
+    checkpoint = checkpoint_to_resume(cfg, run) if resume else None
     if checkpoint is None and run.model.exists():
         raise PparError(f"{run.model} already exists: pass --resume to continue that run, or choose another --out.")
 
@@ -99,8 +106,10 @@ def _train(
         protocol=cfg.eval,
     )
 
+    if on_start is not None and dist.is_main:
+        on_start(plan(cfg, dist, resume_step=None if checkpoint is None else checkpoint.step))
     seed_everything(cfg.seed + dist.rank)
-    protos = _prototypes(cfg, checkpoint)
+    protos = start_prototypes(cfg, checkpoint)
     model = build_segmentor(cfg.model, prototypes=protos, load_weights=checkpoint is None)
     if cfg.model.freeze_backbone:
         model.encoder.requires_grad_(False)
@@ -189,40 +198,6 @@ def _train(
     if not interrupted and targets:
         result.report = _evaluate(model, targets, cfg, dist, on_eval_progress, step=step, final=run)
     return result
-
-
-def _checkpoint_to_resume(cfg: TrainConfig, run: RunFolder) -> Checkpoint:
-    """The run's checkpoint, checked to belong to the same computation as `cfg`."""
-    if not run.model.exists() or not run.state.exists():
-        raise PparError(f"Nothing to resume in {run.out}: {MODEL_FILE} and its .state file are missing; drop --resume.")
-    checkpoint = load_checkpoint(run.model)
-    changed = [k for k in config_diff(from_dict(TrainConfig, checkpoint.config), cfg) if k not in RESUMABLE_FIELDS]
-    if changed:
-        raise PparError(
-            f"Cannot resume {run.model}: the run was started with other values for {', '.join(changed)}; "
-            "drop those options (the run's own config.json is used) or start a new run with another --out."
-        )
-    return checkpoint
-
-
-def _prototypes(cfg: TrainConfig, checkpoint: Checkpoint | None) -> Prototypes:
-    """The prototypes the model starts from: the checkpoint's, the prototypes file's, or built by the text tower."""
-    if checkpoint is not None:
-        return Prototypes(otp=checkpoint.tensors["otp"], meta=checkpoint.meta.get("prototypes", {}))
-    if cfg.model.prototypes:
-        preset = get_preset(cfg.model.preset)
-        return load_prototypes(Path(cfg.model.prototypes), expect_dim=preset.embed_dim, expect_classes=NUM_CLASSES)
-    # The text tower is built from the same RNG state as the model's tower, which is then built again from it: the
-    # prototypes and the image tower come from one CLIP (also with random weights), and the model's initialisation
-    # is the same as with a prototypes file.
-    with torch.random.fork_rng(devices=[]):
-        return build_prototypes(
-            cfg.model.preset,
-            pretrained=cfg.model.pretrained,
-            quick_gelu=cfg.model.quick_gelu,
-            templates=cfg.model.templates,
-            device="cpu",
-        )
 
 
 def _evaluate(

@@ -1,0 +1,65 @@
+"""What a training run settles before its first step: the checkpoint it resumes, the prototypes it starts from, and
+its plan in words."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ppar_core.checkpoint import Checkpoint, load_checkpoint
+from ppar_core.clip.presets import get_preset
+from ppar_core.config import TrainConfig, check_resumable, from_dict
+from ppar_core.engine.distributed import DistContext
+from ppar_core.engine.run_folder import MODEL_FILE, RunFolder
+from ppar_core.errors import PparError
+from ppar_core.labels import NUM_CLASSES
+from ppar_core.prototypes import Prototypes, build_prototypes, load_prototypes
+
+
+def plan(cfg: TrainConfig, dist: DistContext, *, resume_step: int | None) -> dict[str, str]:
+    """What a run is about to do, in words (for the start of its log)."""
+    crop_h, crop_w = cfg.data.augment.crop_size
+    per_step = cfg.batch_size * cfg.optim.accum_steps * dist.world_size
+    return {
+        "run": cfg.out + ("" if resume_step is None else f" (resumed at step {resume_step})"),
+        "model": f"{cfg.model.preset}, weights {cfg.model.pretrained or 'none (random)'}, "
+        f"{'ERM baseline' if cfg.loss.method == 'erm' else 'PPAR'}",
+        "steps": f"{cfg.iters} x {per_step} images (batch {cfg.batch_size}"
+        + (f" x {cfg.optim.accum_steps} accumulated" if cfg.optim.accum_steps > 1 else "")
+        + (f" x {dist.world_size} processes" if dist.world_size > 1 else "")
+        + f"), crop {crop_h}x{crop_w} (HxW)",
+        "source": cfg.data.source,
+        "targets": ", ".join(cfg.data.targets) or "none",
+        "workers": f"{cfg.data.workers} data worker(s) per process",
+        "device": str(dist.device),
+    }
+
+
+def checkpoint_to_resume(cfg: TrainConfig, run: RunFolder) -> Checkpoint:
+    """The run's checkpoint, checked to belong to the same computation as `cfg`."""
+    if not run.model.exists() or not run.state.exists():
+        raise PparError(f"Nothing to resume in {run.out}: {MODEL_FILE} and its .state file are missing; drop --resume.")
+    checkpoint = load_checkpoint(run.model)
+    check_resumable(from_dict(TrainConfig, checkpoint.config), cfg, run=str(run.out))
+    return checkpoint
+
+
+def start_prototypes(cfg: TrainConfig, checkpoint: Checkpoint | None) -> Prototypes:
+    """The prototypes the model starts from: the checkpoint's, the prototypes file's, or built by the text tower."""
+    if checkpoint is not None:
+        return Prototypes(otp=checkpoint.tensors["otp"], meta=checkpoint.meta.get("prototypes", {}))
+    if cfg.model.prototypes:
+        preset = get_preset(cfg.model.preset)
+        return load_prototypes(Path(cfg.model.prototypes), expect_dim=preset.embed_dim, expect_classes=NUM_CLASSES)
+    # The text tower is built from the same RNG state as the model's tower, which is then built again from it: the
+    # prototypes and the image tower come from one CLIP (also with random weights), and the model's initialisation
+    # is the same as with a prototypes file.
+    with torch.random.fork_rng(devices=[]):
+        return build_prototypes(
+            cfg.model.preset,
+            pretrained=cfg.model.pretrained,
+            quick_gelu=cfg.model.quick_gelu,
+            templates=cfg.model.templates,
+            device="cpu",
+        )
