@@ -60,6 +60,7 @@ def command(
 ) -> None:
     from ppar_core.evaluation.evaluate import evaluate_checkpoint
 
+    _check_out(out, force=force)
     chosen = _split_list(targets)
     if targets is not None and not chosen:
         raise PparError("--targets is empty: name at least one dataset, e.g. --targets cityscapes.")
@@ -101,6 +102,7 @@ def predictions_command(
 ) -> None:
     from ppar_core.evaluation.predictions import evaluate_prediction_folder
 
+    _check_out(out, force=force)
     with progress_bars(enabled=not json_out) as progress:
         report = evaluate_prediction_folder(
             folder,
@@ -115,20 +117,25 @@ def predictions_command(
     _finish(report, out=out, default_folder=folder, force=force, json_out=json_out)
 
 
+def _check_out(out: Path | None, *, force: bool) -> None:
+    """An --out the user named is checked before the evaluation starts (the default folder is tried at the end)."""
+    from ppar_core.files import check_output_file, check_output_folder
+
+    if out is not None and out.suffix.lower() == ".json":
+        check_output_file(out, force=force)
+    elif out is not None:
+        check_output_folder(out)
+
+
 def _finish(report: dict[str, Any], *, out: Path | None, default_folder: Path, force: bool, json_out: bool) -> None:
-    """Print the report, then write it (and say where)."""
+    """Print the report, then write it (and say where): a failed write loses no result, the tables are out."""
     from ppar_core.evaluation.report import report_name, write_eval_report
 
     if json_out:
         print_json(report)
     else:
         _render(report)
-    if out is not None and out.suffix.lower() == ".json":
-        path = out
-        if path.exists() and not force:
-            raise PparError(f"{path} already exists: pass --force to replace it, or choose another --out.")
-    else:
-        path = (out or default_folder) / report_name(report)
+    path = out if out is not None and out.suffix.lower() == ".json" else (out or default_folder) / report_name(report)
     try:
         json_path, csv_path = write_eval_report(path, report)
     except OSError as exc:

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ppar_cli.options import DataRootOption, DeviceOption, JsonOption, console, print_json
+from ppar_cli.options import DataRootOption, DeviceOption, ForceOption, JsonOption, console, print_json
 from ppar_cli.render import progress_bars
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def build(
     data_root: DataRootOption = None,
     max_images: Annotated[int, typer.Option("--max-images", min=1, help="Images per --data dataset.")] = 100,
     device: DeviceOption = "auto",
+    force: ForceOption = False,
     json_out: JsonOption = False,
 ) -> None:
     """Build the Original Text Prototypes with CLIP's text encoder (and visual prototypes with --data).
@@ -90,8 +91,11 @@ def build(
     [bold]ppar prototypes build --model tiny --data synth-source=data/synth --out p.safetensors[/bold]
     """
     from ppar_core.clip.presets import get_preset
+    from ppar_core.files import check_output_file
+    from ppar_core.loading import describe_file
     from ppar_core.prototypes import build_prototypes, save_prototypes
 
+    check_output_file(out, force=force, kind="a prototypes file", describe=describe_file)
     weights = get_preset(model).default_pretrained if pretrained is None else pretrained
     weights = None if weights is not None and weights.lower() == "none" else weights
     with progress_bars(enabled=bool(data)) as bars:

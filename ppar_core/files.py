@@ -128,21 +128,23 @@ def check_output_file(
     path: str | Path,
     *,
     force: bool,
-    kind: str,
-    is_kind: Callable[[Path], bool] | None = None,
+    kind: str | None = None,
+    describe: Callable[[Path], str] | None = None,
     what: str = "--out",
 ) -> Path:
-    """PparError unless `path` may be written as a new `kind` file -> the path.
+    """PparError unless `path` may be written -> the path.
 
-    A folder is refused; an existing file is refused when it is not a `kind` file (`is_kind`; even with --force:
-    it is something else the user owns), and without `force` otherwise. Its folder must be writable.
+    A folder is refused. An existing file is refused when `describe(path)` says it is not `kind` (e.g. "a model
+    checkpoint" where "a prototypes file" is to be written): it is something else the user owns, so not even
+    --force replaces it; an existing file of the right kind needs `force`. The folder must be writable.
     """
     path = Path(path)
     if path.is_dir():
-        raise PparError(f"{path} is a folder, but {what} needs a file name: pass e.g. {path / ('out.' + kind)}.")
+        raise PparError(f"{path} is a folder, but {what} needs a file path.")
     if path.exists():
-        if is_kind is not None and not is_kind(path):
-            raise PparError(f"{path} exists and is not a {kind} file: ppar will not replace it; choose another {what}.")
+        found = describe(path) if describe is not None else None
+        if kind is not None and found is not None and found != kind:
+            raise PparError(f"{path} is {found}, not {kind}: ppar will not replace it; choose another {what}.")
         if not force:
             raise PparError(f"{path} already exists: pass --force to replace it, or choose another {what}.")
     check_output_folder(path.parent, what=what)

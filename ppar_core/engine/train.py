@@ -34,7 +34,7 @@ from ppar_core.engine.step import train_step
 from ppar_core.errors import PparError
 from ppar_core.evaluation.evaluate import evaluate_targets
 from ppar_core.evaluation.report import build_eval_report, training_report, write_eval_report
-from ppar_core.evaluation.targets import Target, build_targets
+from ppar_core.evaluation.targets import Target, build_targets, check_targets
 from ppar_core.files import remove_stale_temporaries
 from ppar_core.labels import CLASS_NAMES
 from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor, resolve_model_config
@@ -105,6 +105,9 @@ def _train(
         mapillary_map=cfg.data.mapillary_map,
         protocol=cfg.eval,
     )
+    bad_targets = check_targets(targets, max_images=cfg.data.eval_max_images, skip_bad=cfg.data.skip_bad)
+    for name, problems in bad_targets.items():
+        log.warning("Target %s: %d bad pair(s) will be skipped: %s", name, len(problems), "; ".join(problems))
 
     if on_start is not None and dist.is_main:
         on_start(plan(cfg, dist, resume_step=None if checkpoint is None else checkpoint.step))
@@ -118,7 +121,10 @@ def _train(
         log.info("CLIP image tower trainable with lr multiplier %g.", cfg.model.backbone_lr_mult)
     model.to(device)
     optimizer = build_optimizer(model, cfg.optim, backbone_lr_mult=cfg.model.backbone_lr_mult)
-    extra = {"class_names": list(CLASS_NAMES), "preset": cfg.model.preset, "prototypes": dict(protos.meta)}
+    extra: dict[str, Any] = {"class_names": list(CLASS_NAMES), "preset": cfg.model.preset, "prototypes": protos.meta}
+    # Bad samples are counted and named wherever a run reports (log, metrics.jsonl, checkpoint, eval.json).
+    bad = set(checkpoint.meta.get("bad_samples", {}).get("source", [])) if checkpoint is not None else set()
+    extra["bad_samples"] = {"source": sorted(bad), "targets": bad_targets}
 
     start_step = 0
     if checkpoint is not None:
@@ -163,7 +169,6 @@ def _train(
     batches = iter(loader)
     step = start_step
     interrupted = False
-    bad: set[str] = set()
     window_start, window_images = time.perf_counter(), 0
     wrapped.train()
     with StopFlag() as stop:
@@ -172,12 +177,17 @@ def _train(
                 interrupted = True
                 break
             record, passed = train_step(wrapped, model, optimizer, batches, cfg, step, dist, checkpoint=run.model)
-            bad.update(passed)
+            if passed and not bad.issuperset(passed):
+                bad.update(passed)
+                extra["bad_samples"]["source"] = sorted(bad)
+                log.warning("Source sample(s) replaced by the next good one (unreadable): %s", ", ".join(passed))
             step += 1
             window_images += cfg.batch_size * cfg.optim.accum_steps * dist.world_size
             if dist.is_main and (step % cfg.log_every == 0 or step == cfg.iters or step == start_step + 1):
                 elapsed = time.perf_counter() - window_start
                 record.update(step=step, img_per_s=window_images / max(elapsed, 1e-9))
+                if bad:
+                    record["bad_source"] = len(bad)
                 window_start, window_images = time.perf_counter(), 0
                 _log(run, record, on_log)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.iters:
@@ -196,7 +206,9 @@ def _train(
     dist.barrier()
     result = TrainResult(out_dir=run.out, checkpoint=run.model, step=step, interrupted=interrupted)
     if not interrupted and targets:
-        result.report = _evaluate(model, targets, cfg, dist, on_eval_progress, step=step, final=run)
+        result.report = _evaluate(
+            model, targets, cfg, dist, on_eval_progress, step=step, final=run, bad_samples=extra["bad_samples"]
+        )
     return result
 
 
@@ -209,6 +221,7 @@ def _evaluate(
     *,
     step: int,
     final: RunFolder | None = None,
+    bad_samples: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate on every target -> the report (on every rank); the final one is written to the run's eval.json."""
     model.eval()
@@ -228,6 +241,8 @@ def _evaluate(
             targets, results, inference=cfg.eval, split=cfg.data.target_split, mapillary_map=cfg.data.mapillary_map
         )
     report = training_report(cfg, targets, results, checkpoint=final.model, step=step)
+    if bad_samples and (bad_samples["source"] or bad_samples["targets"]):
+        report["bad_samples"] = bad_samples
     write_eval_report(final.report, report)
     return report
 

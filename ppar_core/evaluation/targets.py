@@ -13,14 +13,19 @@ registry entry (`DatasetInfo`), never from its name:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ppar_core.data import build_dataset
+from PIL import Image
+
+from ppar_core.data import SegDataset, build_dataset
 from ppar_core.data.registry import DatasetInfo, dataset_info, parse_spec
 from ppar_core.errors import PparError
+from ppar_core.progress import ProgressFn
 from ppar_core.protocol import InferenceConfig
 
 
@@ -87,3 +92,53 @@ def build_targets(
                 )
             )
     return targets
+
+
+def check_targets(
+    targets: Sequence[Target], *, max_images: int | None, skip_bad: bool, progress: ProgressFn | None = None
+) -> dict[str, list[str]]:
+    """Check every pair a run will evaluate before its first step -> {target: names of bad pairs}.
+
+    Each label is decoded (its values must be ones its id map knows) and compared with its image's size, read from
+    the image header, so a bad target stops a run at step 0 rather than at its first evaluation hours later. A bad
+    pair is a PparError naming the file, or, with `skip_bad`, listed (evaluation then skips it). Runs on all cores
+    (decoding releases the GIL). Datasets that are not files on disk (in-memory samples) have nothing to check.
+    """
+    bad: dict[str, list[str]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        for target in targets:
+            dataset = target.dataset
+            if not isinstance(dataset, SegDataset):
+                continue
+            count = len(dataset) if max_images is None else min(len(dataset), max_images)
+            problems = []
+            checks = pool.map(_pair_problem, [dataset] * count, range(count))
+            for done, problem in enumerate(checks, start=1):
+                if problem is not None:
+                    if not skip_bad:
+                        raise PparError(f"{problem} (target {target.name}; data.skip_bad=true skips such pairs).")
+                    problems.append(problem)
+                if progress is not None:
+                    progress(f"check {target.name}", done, count)
+            if problems:
+                bad[target.name] = problems
+    return bad
+
+
+def _pair_problem(dataset: SegDataset, index: int) -> str | None:
+    """None for a good pair, else one sentence naming what is wrong with it."""
+    image_path, label_path = dataset.pairs[index]
+    try:
+        label = dataset.decoder(label_path)
+        with Image.open(image_path) as image:
+            width, height = image.size
+    except PparError as exc:
+        return str(exc)
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"Image {image_path} cannot be read ({exc})"
+    if label.shape != (height, width):
+        return (
+            f"Label {label_path} is {label.shape[0]}x{label.shape[1]} but its image {image_path.name} is "
+            f"{height}x{width} (HxW)"
+        )
+    return None
