@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -23,32 +24,59 @@ app = typer.Typer(help="Datasets: list the loaders, check a dataset, write synth
 
 
 @app.command("list")
-def list_datasets(json_out: JsonOption = False) -> None:
-    """List the dataset loaders and the folder layout each expects.
+def list_datasets(
+    name: Annotated[
+        str | None, typer.Argument(help="One dataset (or alias): show its full layout.", show_default=False)
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List the datasets ppar reads; with NAME, one dataset's layout, splits, folder and protocol facts.
 
-    Example: [bold]ppar data list[/bold]
+    Example: [bold]ppar data list[/bold], then [bold]ppar data list cityscapes[/bold]
     """
-    from ppar_core.data.registry import DATASETS
+    from ppar_core.data.registry import ALIASES, DATASETS, dataset_info
 
+    infos = [dataset_info(name)] if name is not None else list(DATASETS.values())
     rows = [
         {
             "name": i.name,
+            "aliases": [alias for alias, target in ALIASES.items() if target == i.name],
             "description": i.description,
             "layout": i.layout,
             "splits": i.splits,
             "folder": i.folder or i.name,
+            "eval_long_side": i.eval_long_side,
+            "classes": None if i.classes is None else list(i.classes),
+            "parts": list(i.parts),
         }
-        for i in DATASETS.values()
+        for i in infos
     ]
     if json_out:
         print_json({"datasets": rows})
         return
-    table = Table(title="Datasets (NAME or NAME=PATH; default root <data-root>/<folder>)")
-    for column in ("name", "layout", "splits", "description"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(row[c]) for c in ("name", "layout", "splits", "description")))
-    console.print(table)
+    if name is None:
+        table = Table(title="Datasets: NAME or NAME=PATH (default root <data-root>/<folder>)", box=box.SIMPLE_HEAD)
+        table.add_column("name", no_wrap=True)
+        table.add_column("what")
+        for row in rows:
+            aliases = f" ({', '.join(row['aliases'])})" if row["aliases"] else ""
+            table.add_row(escape(row["name"] + aliases), escape(row["description"]))
+        console.print(table)
+        console.print("`ppar data list NAME` shows one dataset's layout.")
+        return
+    row = rows[0]
+    for key in ("name", "description", "layout", "splits", "folder"):
+        console.print(f"[bold]{key}[/bold]: {escape(str(row[key]))}")
+    if row["aliases"]:
+        console.print(f"[bold]aliases[/bold]: {escape(', '.join(row['aliases']))}")
+    if row["eval_long_side"]:
+        console.print(f"[bold]evaluated at[/bold]: long side {row['eval_long_side']} unless a scale is given")
+    if row["classes"]:
+        console.print(
+            f"[bold]labels[/bold]: {len(row['classes'])} of the 19 classes (reports add mIoU-{len(row['classes'])})"
+        )
+    if row["parts"]:
+        console.print(f"[bold]as a target[/bold]: one score pooled over {escape(', '.join(row['parts']))}")
 
 
 @app.command("check")
@@ -142,7 +170,7 @@ def _render_report(report: CheckReport) -> None:
         f"{report.pairs} pairs, {len(report.orphans)} orphans, scanned {report.scanned}"
     )
     sizes = ", ".join(f"{s} ({n})" for s, n in list(report.image_sizes.items())[:6]) or "none"
-    console.print(f"image sizes: {escape(sizes)}")
+    console.print(f"image sizes (HxW): {escape(sizes)}")
     total = sum(report.class_pixels.values()) + report.ignored_pixels
     table = Table(title="pixels per class (trainIds)")
     table.add_column("class")

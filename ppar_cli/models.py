@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -31,7 +32,7 @@ def list_models(json_out: JsonOption = False) -> None:
         rows.append(
             {
                 "name": preset.name,
-                "arch": preset.arch or "custom (random init)",
+                "arch": preset.arch or "own",
                 "kind": preset.kind,
                 "embed_dim": preset.embed_dim,
                 "patch_size": preset.patch_size,
@@ -46,18 +47,20 @@ def list_models(json_out: JsonOption = False) -> None:
     if json_out:
         print_json({"models": rows})
         return
-    table = Table(title="Backbone presets (--model)")
-    for column in ("name", "arch", "D", "patch", "input", "image params", "total params", "default weights"):
-        table.add_column(column, justify="right" if column in ("D", "patch", "input") or "params" in column else "left")
+    table = Table(title="Backbone presets (--model)", box=box.SIMPLE_HEAD)
+    for column in ("name", "arch", "D", "patch", "input", "image", "total", "weights"):
+        numeric = column in ("D", "patch", "input", "image", "total")
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
     for row in rows:
         table.add_row(
             escape(row["name"]),
             escape(row["arch"]),
             str(row["embed_dim"]),
             str(row["patch_size"]),
-            f"{row['image_size']} (native {row['native_image_size']})",
-            f"{row['params_image'] / 1e6:.1f} M",
-            f"{row['params_total'] / 1e6:.1f} M",
-            escape(row["default_pretrained"] or "none (random)"),
+            f"{row['image_size']}/{row['native_image_size']}",
+            f"{row['params_image'] / 1e6:.1f}M",
+            f"{row['params_total'] / 1e6:.1f}M",
+            escape(row["default_pretrained"] or "none"),
         )
     console.print(table)
+    console.print("input: training side / the side the weights were made at; params: image tower / with text tower")

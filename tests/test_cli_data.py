@@ -49,7 +49,7 @@ def test_check_json_counts_pixels_and_exits_0(cli: Callable, tmp_path: Path) -> 
     report = json.loads(result.out)  # stdout holds exactly one JSON object
     assert (report["dataset"], report["split"], report["pairs"]) == ("synth-source", "train", 2)
     assert report["orphans"] == ["labels/lonely.png"] and report["problems"] == []
-    assert report["image_sizes"] == {"3x2": 2}
+    assert report["image_sizes"] == {"2x3": 2}  # HxW
     assert report["class_pixels"]["road"] == 4 and report["class_pixels"]["car"] == 4
     assert report["class_pixels"]["bicycle"] == 2 and report["ignored_pixels"] == 2
     assert sum(report["class_pixels"].values()) == 10 and len(report["class_pixels"]) == 19
@@ -115,6 +115,6 @@ def test_synth_writes_domains_that_check_reads(cli: Callable, tmp_path: Path) ->
     for domain in ("synth-source", "synth-night"):
         assert len(list((out / domain / "images").glob("*.png"))) == 2
         report = json.loads(cli("data", "check", domain, "--data-root", out, "--json").out)
-        assert report["pairs"] == 2 and report["image_sizes"] == {"128x64": 2} and report["problems"] == []
+        assert report["pairs"] == 2 and report["image_sizes"] == {"64x128": 2} and report["problems"] == []
     bad = cli("data", "synth", "--out", out, "--num", "2", "--size", "64by128")
     assert bad.code == 1 and "HxW" in bad.err

@@ -100,7 +100,7 @@ def test_gta5_list_split_selects_and_reports_missing(gta5_root: Path, tmp_path: 
 def test_bad_samples_name_the_file_and_the_sampler_substitutes_and_counts(gta5_root: Path) -> None:
     write_palettised(gta5_root / "labels" / "00001.png", np.full((H + 1, W), 7, np.uint8))  # another size
     truncate(gta5_root / "images" / "00002.png")
-    with pytest.raises(PparError, match=r"00001\.png.*is 3x3 but its image 00001\.png is 3x2"):
+    with pytest.raises(PparError, match=r"00001\.png.*is 3x3 but its image 00001\.png is 2x3 \(HxW\)"):
         build_dataset(f"gta5={gta5_root}")[1]
     with pytest.raises(PparError, match=r"images/00002\.png cannot be decoded"):
         build_dataset(f"gta5={gta5_root}")[2]

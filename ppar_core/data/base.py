@@ -77,8 +77,8 @@ class SegDataset:
         label = self.decoder(label_path)
         if label.shape != image.shape[:2]:
             raise PparError(
-                f"Label {label_path} is {label.shape[1]}x{label.shape[0]} but its image {image_path.name} is "
-                f"{image.shape[1]}x{image.shape[0]} (WxH): the pair does not match; re-extract it or set "
+                f"Label {label_path} is {label.shape[0]}x{label.shape[1]} but its image {image_path.name} is "
+                f"{image.shape[0]}x{image.shape[1]} (HxW): the pair does not match; re-extract it or set "
                 "data.skip_bad."
             )
         return Sample(image=image, label=label, name=self.sample_name(index))

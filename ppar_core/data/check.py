@@ -72,7 +72,7 @@ def check_dataset(dataset: SegDataset, *, limit: int | None = None, progress: Pr
             problems.append(str(exc))
         else:
             height, width = sample.label.shape
-            sizes[f"{width}x{height}"] += 1
+            sizes[f"{height}x{width}"] += 1  # HxW, the order of every size ppar prints
             counts += np.bincount(sample.label.ravel(), minlength=256)
         if progress is not None:
             progress(f"check {dataset.name}", index + 1, total)

@@ -122,8 +122,8 @@ def evaluate_predictions(
         not_trainids += outside
         if pred.shape != label.shape:
             raise PparError(
-                f"Prediction {index.files[name]} is {pred.shape[1]}x{pred.shape[0]} (WxH) but the label of {name} "
-                f"is {label.shape[1]}x{label.shape[0]}: predictions must be at the label's resolution."
+                f"Prediction {index.files[name]} is {pred.shape[0]}x{pred.shape[1]} but the label of {name} is "
+                f"{label.shape[0]}x{label.shape[1]} (HxW): predictions must be at the label's resolution."
             )
         pred[pred == labels.IGNORE_INDEX] = k
         cm += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(label.astype(np.int64)), k + 1)
