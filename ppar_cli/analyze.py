@@ -59,11 +59,6 @@ def command(
 
     if checkpoint is not None and checkpoint.is_dir() and folder is None:
         checkpoint, folder = None, checkpoint  # `ppar analyze-weights FOLDER`: the images, with the newest run
-    checkpoint, how = find_checkpoint(checkpoint)
-    if how != "given" and not as_json:
-        err_console.print(f"Analysing {checkpoint} ({how}).")
-    if out is not None:
-        check_output_folder(out)
     if folder is not None and data is not None:
         raise PparError(f"Both a FOLDER ({folder}) and --data {data} were given: pass one of them.")
     spec = f"folder={folder}" if folder is not None else data
@@ -76,6 +71,11 @@ def command(
         resize=resize,
         device=device,
     ).validate()
+    if out is not None:
+        check_output_folder(out)
+    checkpoint, how = find_checkpoint(checkpoint)
+    if how != "given" and not as_json:
+        err_console.print(f"Analysing {checkpoint} ({how}).")
     runs = {"A": checkpoint} if compare is None else {"A": checkpoint, "B": compare}
     reports: dict[str, WeightReport] = {}
     outs = {key: out if (out is None or compare is None) else out / key for key in runs}

@@ -13,9 +13,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-# Human output goes to stdout through rich; errors and progress go to stderr, so `--json` output stays clean.
-console = Console()
-err_console = Console(stderr=True)
+# Human output goes to stdout through rich; errors and progress go to stderr, so `--json` output stays clean. Text
+# lines are never broken by rich (soft wrap): a terminal wraps them itself, a log file keeps them whole.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 DataRootOption = Annotated[
     Path | None,

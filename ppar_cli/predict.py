@@ -77,9 +77,9 @@ def command(
         )
     flags = {"mode": inference, "crop_size": crop, "stride": stride, "tta": tta}
     changes: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    predictor = Predictor.from_checkpoint(model, device=device, **changes)
     if not json_out:
         err_console.print(f"Model: {escape(str(model))} ({how})")
-    predictor = Predictor.from_checkpoint(model, device=device, **changes)
     with progress_bars(enabled=not json_out) as bars:
         summary = predict_files(predictor, items, folder, formats=chosen, alpha=alpha, progress=bars)
     classes: list[dict[str, Any]] = [

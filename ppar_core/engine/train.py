@@ -35,7 +35,7 @@ from ppar_core.errors import PparError
 from ppar_core.evaluation.evaluate import evaluate_targets
 from ppar_core.evaluation.report import build_eval_report, training_report, write_eval_report
 from ppar_core.evaluation.targets import Target, build_targets, check_targets
-from ppar_core.files import remove_stale_temporaries
+from ppar_core.files import check_output_folder, remove_stale_temporaries
 from ppar_core.labels import CLASS_NAMES
 from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor, resolve_model_config
 from ppar_core.progress import ProgressFn
@@ -68,6 +68,7 @@ def train(
     metrics.jsonl record (rank 0), for progress display.
     """
     cfg = replace(cfg, model=resolve_model_config(cfg.model)).validate()
+    check_output_folder(cfg.out)
     dist = init_distributed(cfg.device)
     run = RunFolder(cfg.out)
     try:
