@@ -22,7 +22,7 @@ try:  # typer 0.2x carries its own copy of click; older releases use click itsel
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from ppar_cli import analyze, data, demo, evaluate, models, predict, prototypes, train
+from ppar_cli import analyze, data, demo, evaluate, models, plot, predict, prototypes, runs, train
 from ppar_cli.options import err_console
 from ppar_cli.render import setup_logging
 from ppar_core import PparError, __version__
@@ -40,12 +40,14 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(prototypes.app, name="prototypes")
 app.add_typer(models.app, name="models")
+app.add_typer(runs.app, name="runs")
 app.command("train", help=train.HELP)(train.command)
 app.command("demo", help=demo.HELP)(demo.command)
 app.command("eval", help=evaluate.HELP)(evaluate.command)
 app.command("eval-predictions", help=evaluate.PREDICTIONS_HELP)(evaluate.predictions_command)
 app.command("predict", help=predict.HELP)(predict.command)
 app.command("analyze-weights", help=analyze.HELP)(analyze.command)
+app.command("plot", help=plot.HELP)(plot.command)
 
 _TYPE_LABEL = typer.core.TyperOption.display_type_rich
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+PLOTS_HINT = "pip install 'ppar[plots]'"  # how to get matplotlib, which every plot of ppar needs
+
 
 @dataclass(frozen=True)
 class ImageWeights:

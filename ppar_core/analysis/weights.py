@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ppar_core.analysis.plots import write_class_plots, write_weight_overlay
-from ppar_core.analysis.report import ImageWeights, StepSchedule, WeightReport
+from ppar_core.analysis.report import PLOTS_HINT, ImageWeights, StepSchedule, WeightReport
 from ppar_core.data import build_dataset
 from ppar_core.data.base import spread_indices
 from ppar_core.data.transforms import pad_to
@@ -46,8 +46,6 @@ from ppar_core.normalize import image_to_tensor
 from ppar_core.progress import ProgressFn
 from ppar_core.reliability import LOW_WEIGHT, WeightStats
 from ppar_core.runtime import autocast, resolve_device
-
-PLOTS_HINT = "pip install 'ppar[plots]'"
 
 
 @dataclass(frozen=True)
