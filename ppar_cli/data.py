@@ -13,7 +13,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from ppar_cli.options import DataRootOption, JsonOption, console, print_json
+from ppar_cli.options import DataRootOption, ForceOption, JsonOption, console, print_json
 from ppar_cli.render import progress_bars
 from ppar_core.errors import PparError
 
@@ -128,25 +128,55 @@ def synth(
     style_file: Annotated[
         Path | None, typer.Option("--style-file", help="JSON file of extra styles; its domains are added.")
     ] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            "--layout",
+            help="Write one domain as a real dataset stores it instead: gta5, cityscapes, bdd100k or acdc.",
+            show_default=False,
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="With --layout: the split folder to write.")] = "val",
+    force: ForceOption = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Write the built-in synthetic domains (images/*.png, labels/*.png in trainIds), readable as synth-<style>.
+    """Write the built-in synthetic domains (images/*.png, labels/*.png in trainIds), readable as synth-<style>. A domain already in --out is replaced completely with --force (never a mix of old and new images).
+
+    With --layout the scenes of one domain (default synth-source) are written in that dataset's own layout and label encoding, so the real-data workflow can be tried without the data: `ppar train --source gta5=DIR`.
 
     Example: [bold]ppar data synth --out data --num 200 --domains synth-source,synth-night[/bold]
-    """
+    Example: [bold]ppar data synth --out data/gta5 --layout gta5 --num 100[/bold]
+    """  # noqa: E501
     from ppar_core.data.synth import BUILTIN_STYLES, DEFAULT_DOMAINS, load_style_file, write_domains
+    from ppar_core.files import check_output_folder
 
     extra = load_style_file(style_file) if style_file is not None else {}
     chosen = [d.strip() for d in domains.split(",") if d.strip()] if domains else [*DEFAULT_DOMAINS, *extra]
+    shape = parse_size(size)
+    check_output_folder(out)
+    if layout is not None:
+        _synth_in_layout(
+            layout,
+            out,
+            domain=domains or "synth-source",
+            num=num,
+            size=shape,
+            seed=seed,
+            split=split,
+            force=force,
+            json_out=json_out,
+        )
+        return
     with progress_bars() as bars:
         folders = write_domains(
             out,
             domains=chosen,
             num=num,
-            size=parse_size(size),
+            size=shape,
             seed=seed,
             styles={**BUILTIN_STYLES, **extra},
             progress=bars,
+            replace=force,
         )
     if json_out:
         print_json({"out": str(out), "domains": {k: str(v) for k, v in folders.items()}, "num": num, "seed": seed})
@@ -154,6 +184,33 @@ def synth(
     for domain, folder in folders.items():
         console.print(f"[green]{escape(domain)}[/green]: {num} images in {escape(str(folder))}")
     console.print(f"Check one with: ppar data check {escape(next(iter(folders), 'synth-source'))} --data-root {out}")
+
+
+def _synth_in_layout(
+    layout: str,
+    out: Path,
+    *,
+    domain: str,
+    num: int,
+    size: tuple[int, int],
+    seed: int,
+    split: str,
+    force: bool,
+    json_out: bool,
+) -> None:
+    from ppar_core.data.synth.layouts import write_in_layout
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise PparError(f"{out} is not empty: pass --force to write the {layout} layout into it, or another --out.")
+    with progress_bars() as bars:
+        write_in_layout(layout, out, domain=domain, num=num, size=size, seed=seed, split=split, progress=bars)
+    if json_out:
+        print_json({"out": str(out), "layout": layout, "domain": domain, "num": num, "seed": seed})
+        return
+    console.print(f"{num} images of {escape(domain)} written as {layout} in {escape(str(out))}")
+    console.print(
+        f"Use it as a dataset: --source {layout}={escape(str(out))} (or ppar data check {layout}={escape(str(out))})"
+    )
 
 
 def parse_size(text: str) -> tuple[int, int]:

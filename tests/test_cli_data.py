@@ -118,3 +118,30 @@ def test_synth_writes_domains_that_check_reads(cli: Callable, tmp_path: Path) ->
         assert report["pairs"] == 2 and report["image_sizes"] == {"64x128": 2} and report["problems"] == []
     bad = cli("data", "synth", "--out", out, "--num", "2", "--size", "64by128")
     assert bad.code == 1 and "HxW" in bad.err
+
+
+def test_synth_into_a_folder_with_the_domain_refuses_then_replaces_it_whole(cli: Callable, tmp_path: Path) -> None:
+    args = ("data", "synth", "--out", tmp_path, "--domains", "synth-night", "--size", "16x32")
+    assert cli(*args, "--num", "3").code == 0
+    images = tmp_path / "synth-night" / "images"
+    before = sorted(p.name for p in images.iterdir())
+    result = cli(*args, "--num", "2")
+    assert result.code == 1 and "already holds a synthetic domain (3 images)" in result.err and "--force" in result.err
+    assert sorted(p.name for p in images.iterdir()) == before  # refused before anything was written
+    assert cli(*args, "--num", "2", "--force").code == 0
+    assert sorted(p.name for p in images.iterdir()) == before[:2]  # replaced completely: no third, older image
+    assert len(list((tmp_path / "synth-night" / "labels").iterdir())) == 2
+    (tmp_path / "other" / "synth-night").mkdir(parents=True)
+    (tmp_path / "other" / "synth-night" / "keep.txt").write_text("x")
+    result = cli("data", "synth", "--out", tmp_path / "other", "--domains", "synth-night", "--force")
+    assert result.code == 1 and "holds no synthetic domain" in result.err
+    assert (tmp_path / "other" / "synth-night" / "keep.txt").read_text() == "x"
+
+
+def test_synth_in_a_real_layout_is_read_by_that_loader(cli: Callable, tmp_path: Path) -> None:
+    result = cli("data", "synth", "--out", tmp_path / "gta5", "--layout", "gta5", "--num", "2", "--size", "32x64")
+    assert result.code == 0, result.err
+    check = cli("data", "check", f"gta5={tmp_path / 'gta5'}", "--json")
+    assert check.code == 0 and json.loads(check.out)["pairs"] == 2
+    again = cli("data", "synth", "--out", tmp_path / "gta5", "--layout", "gta5", "--num", "2")
+    assert again.code == 1 and "is not empty" in again.err

@@ -166,8 +166,9 @@ def test_unknown_domain_and_bad_size_are_user_errors(tmp_path: Path) -> None:
 def test_a_failed_write_is_a_user_error_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     images = tmp_path / "synth-fog" / "images"
     (images / "synth-fog_00000.png").mkdir(parents=True)  # a folder where the PNG should go: the rename fails
+    (tmp_path / "synth-fog" / "style.json").write_text("{}")  # an earlier domain, replaced
     with pytest.raises(PparError, match="Cannot write .*synth-fog_00000.png"):
-        write_domains(tmp_path, domains=("synth-fog",), num=1, size=(32, 64))
+        write_domains(tmp_path, domains=("synth-fog",), num=1, size=(32, 64), replace=True)
     assert [p.name for p in images.iterdir()] == ["synth-fog_00000.png"]
 
 

@@ -132,6 +132,25 @@ def _write_pair(folder: Path, name: str, image: np.ndarray, labels: np.ndarray) 
     _write_file(folder / "labels" / name, _png(labels))
 
 
+def _clear_domain(folder: Path, *, replace: bool) -> None:
+    """Make `folder` ready for a fresh domain: absent or empty; an earlier domain there is removed (with `replace`)."""
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return
+    if not (folder / "style.json").is_file():
+        raise PparError(f"{folder} exists and holds no synthetic domain (no style.json): ppar will not write into it.")
+    if not replace:
+        count = len(list((folder / "images").glob("*.png"))) if (folder / "images").is_dir() else 0
+        raise PparError(
+            f"{folder} already holds a synthetic domain ({count} images): pass --force to replace it, or choose "
+            "another --out."
+        )
+    for sub in ("images", "labels"):
+        for path in (folder / sub).glob("*.png") if (folder / sub).is_dir() else ():
+            if path.is_file():
+                path.unlink()
+    (folder / "style.json").unlink()
+
+
 def write_domains(
     out: Path,
     *,
@@ -141,18 +160,24 @@ def write_domains(
     seed: int = 0,
     styles: Mapping[str, Style] | None = None,
     progress: ProgressFn | None = None,
+    replace: bool = False,
 ) -> dict[str, Path]:
     """Write `num` samples of each domain -> {domain: out/domain}.
 
     Layout: `out/<domain>/images/<domain>_<index:05d>.png` (RGB), the label with the same name under `labels/`
     (single-channel uint8 trainIds), and `out/<domain>/style.json` (style, seed, size, num, generator version).
     `styles` adds to or overrides BUILTIN_STYLES. `progress("synth", done, total)` is called after every sample.
+    A domain folder that already holds a domain is replaced completely with `replace` (never a mix of old and new
+    images), refused otherwise; a non-empty folder that holds no domain is always refused. All of this is checked
+    before the first image is drawn.
     """
     size = _check_size(size)
     if not isinstance(num, int) or num < 0:
         raise PparError(f"The number of synthetic images per domain must be a non-negative integer, got {num!r}.")
     known = _resolve_styles(domains, styles)
     out = Path(out)
+    for domain in domains:
+        _clear_domain(out / domain, replace=replace)
     folders: dict[str, Path] = {}
     total, done = num * len(domains), 0
     for domain in domains:
