@@ -54,6 +54,12 @@ def command(
     batch_size: Annotated[int | None, typer.Option(help="Windows per forward pass.")] = None,
     max_images: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N images per target.")] = None,
     device: DeviceOption = "auto",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Processes decoding images ahead of the model (default: the run's).", show_default=False
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the report, or the report's .json path.")] = None,
     force: ForceOption = False,
     json_out: JsonOption = False,
@@ -84,6 +90,7 @@ def command(
             device=device,
             max_images=max_images,
             progress=progress,
+            workers=workers,
         )
     _finish(report, out=out, default_folder=checkpoint.parent, force=force, json_out=json_out)
 

@@ -14,7 +14,9 @@ from rich.table import Table
 
 from ppar_cli.options import JsonOption, console, print_json
 
-app = typer.Typer(help="Backbone presets: list them with their sizes.", no_args_is_help=True)
+app = typer.Typer(
+    help="Backbone presets: list them with their sizes.\n\nExample: [bold]ppar models list[/bold]", no_args_is_help=True
+)
 
 
 @app.command("list")

@@ -18,7 +18,7 @@ from ppar_cli.render import progress_bars
 
 HELP = """Segment images: files, folders (recursively) or glob patterns.
 
-The model: --checkpoint/-c, else a first argument that is a checkpoint (ppar predict CKPT IMAGES...), else $PPAR_CHECKPOINT, else the newest runs/*/last.safetensors under the working folder; the one used is printed.
+The model: --checkpoint/-c, else a first argument that is a checkpoint or an exported .onnx file (ppar predict CKPT IMAGES...), else $PPAR_CHECKPOINT, else the newest runs/*/last.safetensors under the working folder; the one used is printed. An .onnx file (`ppar export`) runs under onnxruntime.
 
 Writes <out>/<name>_<format>.png per image and format: overlay (image blended with class colours, legend strip of the classes present below it), color (class colours), trainid (0-18) and labelid (Cityscapes labelIds, the benchmark's submission format); masks have the input's size. Without --out each call writes a new folder runs/predict, runs/predict-2, ...; an --out that already holds outputs of the same names needs --force. Images found in a folder keep their sub-folder path; same names from different folders mirror their folders. Grey, RGBA (composited on black), 16-bit and EXIF-rotated images are handled; an unreadable file is reported and skipped, and the exit code is 1 at the end if any failed.
 
@@ -34,7 +34,9 @@ def command(
     ],
     checkpoint: Annotated[
         Path | None,
-        typer.Option("--checkpoint", "-c", help="The model (default: see above).", show_default=False),
+        typer.Option(
+            "--checkpoint", "-c", help="The model: a .safetensors checkpoint or an .onnx file.", show_default=False
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: a new runs/predict-N).", show_default=False)
@@ -77,7 +79,12 @@ def command(
         )
     flags = {"mode": inference, "crop_size": crop, "stride": stride, "tta": tta}
     changes: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    predictor = Predictor.from_checkpoint(model, device=device, **changes)
+    if model.suffix.lower() == ".onnx":
+        from ppar_core.onnx_predict import OnnxPredictor  # onnxruntime, no torch model: an exported network
+
+        predictor: Any = OnnxPredictor.from_file(model, device=device, **changes)
+    else:
+        predictor = Predictor.from_checkpoint(model, device=device, **changes)
     if not json_out:
         err_console.print(f"Model: {escape(str(model))} ({how})")
     with progress_bars(enabled=not json_out) as bars:

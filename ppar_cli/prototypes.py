@@ -18,7 +18,11 @@ from ppar_cli.render import progress_bars
 if TYPE_CHECKING:
     from ppar_core.prototypes import Prototypes
 
-app = typer.Typer(help="Class prototypes: build them with CLIP, inspect a prototypes file.", no_args_is_help=True)
+app = typer.Typer(
+    help="Class prototypes: build them with CLIP, inspect a prototypes file.\n\n"
+    "Example: [bold]ppar prototypes build --model vit-b16 --out runs/protos.safetensors[/bold]",
+    no_args_is_help=True,
+)
 
 
 def _summary(protos: Prototypes) -> dict[str, Any]:

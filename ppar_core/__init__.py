@@ -28,12 +28,15 @@ _PUBLIC: dict[str, str] = {
     "build_segmentor": "ppar_core.modeling.segmentor",
     "load_segmentor": "ppar_core.loading",
     "Predictor": "ppar_core.predict",
+    "OnnxPredictor": "ppar_core.onnx_predict",
+    "export_onnx": "ppar_core.export",
     "evaluate_checkpoint": "ppar_core.evaluation.evaluate",
     "build_dataset": "ppar_core.data.registry",
 }
 
 __all__ = [
     "ModelConfig",
+    "OnnxPredictor",
     "PparError",
     "Predictor",
     "TrainConfig",
@@ -42,6 +45,7 @@ __all__ = [
     "build_dataset",
     "build_segmentor",
     "evaluate_checkpoint",
+    "export_onnx",
     "get_train_preset",
     "load_segmentor",
     "train",
@@ -52,8 +56,10 @@ if TYPE_CHECKING:
     from ppar_core.data.registry import build_dataset
     from ppar_core.engine.train import TrainResult, train
     from ppar_core.evaluation.evaluate import evaluate_checkpoint
+    from ppar_core.export import export_onnx
     from ppar_core.loading import load_segmentor
     from ppar_core.modeling.segmentor import ModelConfig, build_segmentor
+    from ppar_core.onnx_predict import OnnxPredictor
     from ppar_core.predict import Predictor
 
 

@@ -147,6 +147,11 @@ def check_output_file(
             raise PparError(f"{path} is {found}, not {kind}: ppar will not replace it; choose another {what}.")
         if not force:
             raise PparError(f"{path} already exists: pass --force to replace it, or choose another {what}.")
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PparError(f"{existing} is a file, not a folder, so {path} cannot be written: choose another {what}.")
     check_output_folder(path.parent, what=what)
     return path
 

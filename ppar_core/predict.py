@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -310,8 +310,14 @@ class _Writer:
             raise self.error
 
 
+class ImagePredictor(Protocol):
+    """What `predict_files` needs of a model: `Predictor` (torch) and `OnnxPredictor` (onnxruntime) both are."""
+
+    def predict(self, image: np.ndarray) -> np.ndarray: ...
+
+
 def predict_files(
-    predictor: Any,
+    predictor: ImagePredictor,
     items: Sequence[PredictInput],
     out: str | Path,
     *,

@@ -1,4 +1,4 @@
-"""Where code runs: devices, seeds, autocast and RNG snapshots.
+"""Where code runs: devices, data-worker counts, seeds, autocast and RNG snapshots.
 
 Everything a training run needs to be reproducible, and nothing about the model: the training engine calls
 `resolve_device` and `seed_everything` once, wraps its forward in `autocast` and snapshots the RNGs into the
@@ -8,11 +8,13 @@ training state with `capture_rng_state`. Files are written through `ppar_core.fi
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import re
 from collections.abc import Iterator
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -137,3 +139,21 @@ def restore_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
             key = f"rng.cuda.{index}"
             if key in tensors:
                 torch.cuda.set_rng_state(tensors[key].detach().to("cpu", torch.uint8), device=index)
+
+
+MAX_WORKERS = 16
+
+
+def default_workers() -> int:
+    """DataLoader workers when the config leaves them unset: the cores this process may use, minus one for the
+    training loop itself, at most MAX_WORKERS."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    return max(0, min(MAX_WORKERS, usable - 1))
+
+
+def worker_init(worker_id: int) -> None:
+    """Each DataLoader worker decodes and augments on one core: OpenCV's own threads would oversubscribe them."""
+    cv2.setNumThreads(1)

@@ -72,3 +72,15 @@ def test_inference_benchmark_runs_and_prints_its_ratio_line(tmp_path: Path) -> N
 def test_synth_speed_benchmark_runs_and_prints_its_line() -> None:
     last = _last_line([sys.executable, str(ROOT / "bench" / "synth_speed.py"), "--num", "2", "--size", "32x64"])
     assert re.fullmatch(r"synth images_per_s=\d+\.\d+", last), last
+
+
+@pytest.mark.slow
+def test_onnx_benchmark_runs_and_prints_its_ratio_line(tmp_path: Path) -> None:
+    args = [
+        sys.executable, str(ROOT / "bench" / "onnx_inference.py"), "--preset", "tiny", "--height", "96", "--width",
+        "160", "--crop", "64", "--stride", "48", "--repeats", "1", "--no-check", "--json", str(tmp_path / "onnx.json"),
+    ]  # fmt: skip
+    last = _last_line(args)
+    assert re.fullmatch(r"onnx ratio time=\d+\.\d+ agreement=(0|1)\.\d+", last), last
+    results = json.loads((tmp_path / "onnx.json").read_text())
+    assert results["export"]["size_bytes"] > 0 and results["agreement"] == pytest.approx(1.0, abs=1e-3)

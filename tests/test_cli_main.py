@@ -7,7 +7,10 @@ import sys
 
 from ppar_core import __version__
 
-COMMANDS = ("data", "models", "prototypes", "train", "demo", "eval", "predict", "analyze-weights")
+COMMANDS = (
+    "data", "models", "prototypes", "train", "demo", "eval", "eval-predictions", "predict", "analyze-weights",
+    "export", "runs", "plot",
+)  # fmt: skip
 
 
 def test_version(cli) -> None:
@@ -25,23 +28,32 @@ def test_help_lists_every_command_with_real_help(cli) -> None:
         assert "being written" not in sub.out, command
 
 
-def test_every_leaf_command_help_has_an_example(cli) -> None:
-    leaves = [
-        ["data", "check"],
-        ["data", "synth"],
-        ["data", "list"],
-        ["models", "list"],
-        ["prototypes", "build"],
-        ["prototypes", "show"],
-        ["train"],
-        ["demo"],
-        ["eval"],
-        ["predict"],
-        ["analyze-weights"],
-    ]
-    for leaf in leaves:
-        result = cli(*leaf, "--help")
-        assert result.code == 0 and "example" in result.out.lower(), leaf
+def _all_commands() -> list[list[str]]:
+    """Every command and command group of the real app, as argument lists (`["data", "check"]`, `["data"]`, ...)."""
+    import typer
+
+    from ppar_cli.main import app
+
+    found: list[list[str]] = []
+
+    def walk(command: object, path: list[str]) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            if not getattr(sub, "hidden", False):
+                found.append([*path, name])
+                walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_command_and_group_has_help_with_an_example_and_defaults(cli) -> None:
+    commands = _all_commands()
+    assert {"export", "eval-predictions", "runs", "plot"} <= {c[0] for c in commands}
+    assert ["data", "list"] in commands and ["runs", "compare"] in commands
+    for command in commands:
+        result = cli(*command, "--help")
+        assert result.code == 0 and "example" in result.out.lower(), command
+        assert "<bool>" not in result.out, command  # a flag shows no value placeholder
 
 
 def test_no_arguments_shows_help(cli) -> None:

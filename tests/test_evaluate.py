@@ -12,6 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from ppar_core.data import Sample, build_dataset
+from ppar_core.errors import PparError
 from ppar_core.evaluation.evaluate import evaluate_dataset, evaluate_targets
 from ppar_core.evaluation.report import mean_over_targets
 from ppar_core.evaluation.targets import Target
@@ -203,3 +204,20 @@ def test_real_dataset_with_a_bad_sample_skips_it_without_double_counting(tmp_pat
     # Images a and c (c has b's label): the same totals as A + B, and b is reported, not replaced by c.
     assert result == expected and result.images == 2
     assert result.skipped == ("b",)
+
+
+def test_decoding_ahead_in_workers_gives_the_same_totals_and_skips_alike(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for name, label in [("a", LABEL_A), ("b", LABEL_B), ("c", LABEL_B), ("d", LABEL_A)]:
+        write_png(tmp_path / "images" / f"{name}.png", image_for(label))
+        write_png(tmp_path / "labels" / f"{name}.png", label)
+    dataset = build_dataset(f"synth={tmp_path}", split="val")
+    inline = evaluate_dataset(zero_model, dataset, CFG, num_classes=K, device="cpu")
+    ahead = evaluate_dataset(zero_model, dataset, CFG, num_classes=K, device="cpu", workers=2)
+    assert ahead == inline and torch.equal(ahead.confusion, inline.confusion)
+    (tmp_path / "images" / "c.png").write_bytes(b"not a png")  # broken: a worker reports it by name
+    with pytest.raises(PparError, match="c.png"):
+        evaluate_dataset(zero_model, dataset, CFG, num_classes=K, device="cpu", workers=2)
+    skipped = evaluate_dataset(zero_model, dataset, CFG, num_classes=K, device="cpu", workers=2, skip_bad=True)
+    assert skipped.skipped == ("c",) and skipped.images == 3

@@ -30,8 +30,15 @@ def read_image(path: Path) -> np.ndarray:
     """Decode an image file -> (H,W,3) uint8 RGB.
 
     EXIF orientation is deliberately NOT applied: labels are stored in the raw pixel order, and rotating only the
-    image would misalign the pair. Grey, palette and RGBA images are converted to RGB.
+    image would misalign the pair. Grey, palette and RGBA images are converted to RGB. 8-bit PNGs (every PNG
+    dataset ppar reads) are decoded by OpenCV, about 20% faster than PIL and the same pixels, which refuses a
+    truncated PNG as PIL does; everything else (JPEG, where OpenCV would return a truncated file's missing part as
+    grey) by PIL.
     """
+    if _png_bit_depth(path) == 8:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if bgr is not None:
+            return np.ascontiguousarray(bgr[..., ::-1])
     try:
         with Image.open(path) as img:
             img.load()  # forces the full decode, so truncated files fail here rather than later as grey pixels
@@ -45,6 +52,16 @@ def read_image(path: Path) -> np.ndarray:
             "or pass skip_bad to skip it."
         ) from None
     return np.ascontiguousarray(array)
+
+
+def _png_bit_depth(path: Path) -> int:
+    """The bit depth in a PNG's header (0 for other files or an unreadable one)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(26)
+    except OSError:
+        return 0
+    return head[24] if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" else 0
 
 
 def read_label_index(path: Path) -> np.ndarray:
@@ -112,9 +129,20 @@ class IdMap:
     lut: np.ndarray
     known: np.ndarray
 
+    @property
+    def _unknown_u8(self) -> np.ndarray:
+        """(256,) uint8: 1 where an 8-bit raw value has no entry (the table of `apply`'s check)."""
+        return (~self.known[:256]).astype(np.uint8)
+
     def apply(self, raw: np.ndarray, *, path: Path) -> np.ndarray:
-        """Map raw values (H,W) uint8/uint16 -> (H,W) uint8 trainIds; PparError naming `path` on unknown values."""
-        # bincount, not np.unique: no sort, about 10x faster on a 2-megapixel label
+        """Map raw values (H,W) uint8/uint16 -> (H,W) uint8 trainIds; PparError naming `path` on unknown values.
+
+        8-bit labels (every 8-bit dataset) go through OpenCV lookup tables, about 10x faster than indexing in int64:
+        one table maps the values, another flags the unknown ones, counted without a copy.
+        """
+        if raw.dtype == np.uint8 and cv2.countNonZero(cv2.LUT(raw, self._unknown_u8)) == 0:
+            return cv2.LUT(raw, self.lut[:256])
+        # The rare path (16-bit labels, or an unknown value to name): bincount, not np.unique, needs no sort.
         values = np.flatnonzero(np.bincount(raw.ravel()))
         bad = values[(values >= len(self.lut)) | ~self.known[np.minimum(values, len(self.lut) - 1)]]
         if bad.size:

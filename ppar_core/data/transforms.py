@@ -61,15 +61,6 @@ def resize(image: np.ndarray, label: np.ndarray, *, size: tuple[int, int]) -> tu
     return new_image, new_label
 
 
-def random_scale(
-    image: np.ndarray, label: np.ndarray, *, scale_range: tuple[float, float], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rescale a pair by a factor drawn uniformly from `scale_range` (aspect ratio kept)."""
-    factor = float(rng.uniform(scale_range[0], scale_range[1]))
-    height, width = image.shape[:2]
-    return resize(image, label, size=(max(1, round(height * factor)), max(1, round(width * factor))))
-
-
 def pad_to(image: np.ndarray, label: np.ndarray, *, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Pad a pair at the bottom/right up to at least `size` (H,W): image with 0, label with 255 (ignored)."""
     height, width = image.shape[:2]
@@ -81,29 +72,54 @@ def pad_to(image: np.ndarray, label: np.ndarray, *, size: tuple[int, int]) -> tu
     return image, label
 
 
-def random_crop(
+def _nearest_rows(source: int, target: int) -> np.ndarray:
+    """The source index of each of `target` positions when resizing `source` positions by nearest-exact: asked of
+    OpenCV itself (a ramp resized as the label is), so the labels below equal a full `resize` to the pixel."""
+    ramp = np.arange(source, dtype=np.float32)[None, :]
+    return cv2.resize(ramp, (target, 1), interpolation=cv2.INTER_NEAREST_EXACT)[0].astype(np.intp)
+
+
+def random_scale_crop(
     image: np.ndarray,
     label: np.ndarray,
     *,
+    scale_range: tuple[float, float],
     size: tuple[int, int],
     rng: np.random.Generator,
     cat_max_ratio: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Crop a pair to `size` (H,W), padding first when it is smaller.
+    """Rescale a pair by a random factor, then take a random crop of `size` (H,W): ONE resampling of the crop only.
 
-    With `cat_max_ratio` < 1 a crop is accepted only if no single class covers more than that fraction of its valid
-    (non-ignored) pixels, and it has some; up to 10 crops are drawn and the last one is kept if none qualifies.
+    The same samples, from the same draws, as rescaling the whole pair (`resize` to round(factor * size)), padding it
+    to at least the crop (image 0, label 255) and cropping, retried up to 10 times while one class covers more than
+    `cat_max_ratio` of the crop's valid pixels: the labels equal that reference exactly, and the image is the same
+    bilinear resampling, computed for the crop's pixels alone (as a warp of the source region, whose fixed-point
+    rounding can differ by one grey level from a full resize). The cost no longer grows with the scale factor.
+    image (H,W,3) uint8, label (H,W) uint8 -> (crop_h,crop_w,3) uint8, (crop_h,crop_w) uint8.
     """
-    image, label = pad_to(image, label, size=size)
-    height, width = image.shape[:2]
+    height, width = label.shape
+    factor = float(rng.uniform(scale_range[0], scale_range[1]))
+    scaled_h, scaled_w = max(1, round(height * factor)), max(1, round(width * factor))
     crop_h, crop_w = size
+    rows, cols = _nearest_rows(height, scaled_h), _nearest_rows(width, scaled_w)
     for _ in range(_CROP_TRIES):
-        top = int(rng.integers(0, height - crop_h + 1))
-        left = int(rng.integers(0, width - crop_w + 1))
-        crop_label = label[top : top + crop_h, left : left + crop_w]
+        top = int(rng.integers(0, max(scaled_h, crop_h) - crop_h + 1))
+        left = int(rng.integers(0, max(scaled_w, crop_w) - crop_w + 1))
+        crop_label = np.full((crop_h, crop_w), IGNORE_INDEX, dtype=label.dtype)
+        inside_h, inside_w = min(crop_h, scaled_h - top), min(crop_w, scaled_w - left)
+        crop_label[:inside_h, :inside_w] = label[np.ix_(rows[top : top + inside_h], cols[left : left + inside_w])]
         if cat_max_ratio >= 1.0 or _class_ratio_ok(crop_label, cat_max_ratio):
             break
-    return image[top : top + crop_h, left : left + crop_w], crop_label
+    # Bilinear with half-pixel centres, as cv2.resize: scaled pixel (y, x) samples the source at
+    # ((y + 0.5) / fy - 0.5, (x + 0.5) / fx - 0.5), fy = scaled_h / height; the crop shifts y by top, x by left.
+    fy, fx = scaled_h / height, scaled_w / width
+    warp = np.array([[1 / fx, 0.0, (left + 0.5) / fx - 0.5], [0.0, 1 / fy, (top + 0.5) / fy - 0.5]], dtype=np.float64)
+    crop = cv2.warpAffine(
+        image, warp, (crop_w, crop_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
+    if inside_h < crop_h or inside_w < crop_w:  # beyond the scaled image: the reference's zero padding
+        crop[inside_h:], crop[:, inside_w:] = 0, 0
+    return crop, crop_label
 
 
 def _class_ratio_ok(label: np.ndarray, cat_max_ratio: float) -> bool:
@@ -118,7 +134,7 @@ def random_flip(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flip a pair left-right with probability `prob` (one draw from `rng` whatever `prob` is)."""
     if rng.random() < prob:
-        return np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(label[:, ::-1])
+        return cv2.flip(image, 1), cv2.flip(label, 1)
     return image, label
 
 
@@ -135,34 +151,43 @@ def photometric_distortion(
 
     (H,W,3) uint8 RGB -> (H,W,3) uint8 RGB. Contrast comes before or after the HSV changes, at random. Hue is in
     OpenCV's 0-179 units (2 degrees each).
+
+    Every step but the colour-space change is a function of one pixel value, so each runs as a 256-entry lookup
+    table on uint8 (`cv2.LUT`) instead of float32 arithmetic over the image; the tables are computed with exactly
+    the float32 operations the arithmetic did, so the output is the same to the bit, for a third of the time.
     """
-    out = image.astype(np.float32)
+    values = np.arange(256, dtype=np.float32)  # the value of each table entry, carried through every step
     if rng.integers(2):
-        out += float(rng.uniform(-brightness_delta, brightness_delta))
+        values += float(rng.uniform(-brightness_delta, brightness_delta))
     contrast_first = bool(rng.integers(2))
     if contrast_first and rng.integers(2):
-        out *= float(rng.uniform(*contrast_range))
+        values *= float(rng.uniform(*contrast_range))
     do_saturation, do_hue = bool(rng.integers(2)), bool(rng.integers(2))
     if do_saturation or do_hue:
-        hsv = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv = cv2.cvtColor(cv2.LUT(image, np.clip(values, 0, 255).astype(np.uint8)), cv2.COLOR_RGB2HSV)
+        channel = np.arange(256, dtype=np.float32)
+        hue = saturation = np.arange(256, dtype=np.uint8)
         if do_saturation:
-            hsv[..., 1] = np.clip(hsv[..., 1] * float(rng.uniform(*saturation_range)), 0, 255)
+            saturation = np.clip(channel * float(rng.uniform(*saturation_range)), 0, 255).astype(np.uint8)
         if do_hue:
-            hsv[..., 0] = (hsv[..., 0] + int(rng.integers(-hue_delta, hue_delta + 1))) % 180
-        out = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+            hue = ((channel + int(rng.integers(-hue_delta, hue_delta + 1))) % 180).astype(np.uint8)
+        identity = np.arange(256, dtype=np.uint8)
+        hsv = cv2.LUT(hsv, np.stack([hue, saturation, identity], axis=1)[None])  # one table per channel
+        image, values = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), np.arange(256, dtype=np.float32)
     if not contrast_first and rng.integers(2):
-        out *= float(rng.uniform(*contrast_range))
-    return np.clip(out, 0, 255).round().astype(np.uint8)
+        values *= float(rng.uniform(*contrast_range))
+    return cv2.LUT(image, np.clip(values, 0, 255).round().astype(np.uint8))
 
 
 def apply_train_augment(
     image: np.ndarray, label: np.ndarray, aug: TrainAugment, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """The full training pipeline: (H,W,3) uint8, (H,W) uint8 -> (crop_h,crop_w,3) uint8, (crop_h,crop_w) uint8."""
-    if aug.resize is not None:
+    if aug.resize is not None:  # a no-op on a prepared copy, which is stored at this size
         image, label = resize(image, label, size=aug.resize)
-    image, label = random_scale(image, label, scale_range=aug.scale_range, rng=rng)
-    image, label = random_crop(image, label, size=aug.crop_size, rng=rng, cat_max_ratio=aug.cat_max_ratio)
+    image, label = random_scale_crop(
+        image, label, scale_range=aug.scale_range, size=aug.crop_size, rng=rng, cat_max_ratio=aug.cat_max_ratio
+    )
     image, label = random_flip(image, label, prob=aug.flip_prob, rng=rng)
     if aug.photometric:
         image = photometric_distortion(image, rng=rng)

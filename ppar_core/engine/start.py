@@ -15,6 +15,7 @@ from ppar_core.engine.run_folder import MODEL_FILE, RunFolder
 from ppar_core.errors import PparError
 from ppar_core.labels import NUM_CLASSES
 from ppar_core.prototypes import Prototypes, build_prototypes, load_prototypes
+from ppar_core.runtime import default_workers
 
 
 def plan(cfg: TrainConfig, dist: DistContext, *, resume_step: int | None) -> dict[str, str]:
@@ -31,7 +32,8 @@ def plan(cfg: TrainConfig, dist: DistContext, *, resume_step: int | None) -> dic
         + f"), crop {crop_h}x{crop_w} (HxW)",
         "source": cfg.data.source,
         "targets": ", ".join(cfg.data.targets) or "none",
-        "workers": f"{cfg.data.workers} data worker(s) per process",
+        "workers": f"{default_workers() if cfg.data.workers is None else cfg.data.workers} data worker(s) per process"
+        + (" (the usable cores minus one)" if cfg.data.workers is None else ""),
         "device": str(dist.device),
     }
 

@@ -9,7 +9,7 @@ and the confusion matrices are summed once at the end, so every image is counted
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +27,7 @@ from ppar_core.metrics import ConfusionAccumulator, SegMetrics
 from ppar_core.normalize import image_to_tensor, writable
 from ppar_core.progress import ProgressFn
 from ppar_core.protocol import InferenceConfig
-from ppar_core.runtime import resolve_device
+from ppar_core.runtime import default_workers, resolve_device, worker_init
 
 
 class DistReducer(Protocol):
@@ -54,6 +54,7 @@ def evaluate_dataset(
     dist: DistReducer | None = None,
     accumulate_device: torch.device | str | None = None,
     skip_bad: bool = False,
+    workers: int = 0,
 ) -> SegMetrics:
     """Dataset-level metrics (percent) of `model_fn` on `dataset` (a `SegDataset` or any sequence of `Sample`).
 
@@ -64,7 +65,7 @@ def evaluate_dataset(
     r, r + world_size, ... and the matrices (and image counts) are summed over ranks: every rank returns the same
     totals. `accumulate_device` (default `device`) holds the full-resolution scores; pass the CPU for very large
     images on a small GPU. `skip_bad`: a sample that cannot be read is left out and named in `skipped` instead of
-    stopping the evaluation.
+    stopping the evaluation. `workers` > 0 decodes the next images in that many processes while the model runs.
     """
     cfg.validate()
     device = torch.device(device)
@@ -73,13 +74,11 @@ def evaluate_dataset(
     indices = range(rank, total, world_size)
     accumulator = ConfusionAccumulator(num_classes, device=device)
     skipped: list[str] = []
-    for done, index in enumerate(indices, start=1):
-        try:
-            sample = dataset[index]
-        except PparError:
+    for done, (name, sample, problem) in enumerate(_samples(dataset, indices, workers=workers), start=1):
+        if problem is not None:
             if not skip_bad:
-                raise
-            skipped.append(dataset.sample_name(index) if hasattr(dataset, "sample_name") else str(index))
+                raise PparError(problem)
+            skipped.append(name)
         else:
             image = image_to_tensor(sample.image, device=device)
             scores = infer_logits(model_fn, image, cfg, num_classes=num_classes, accumulate_device=accumulate_device)
@@ -90,6 +89,41 @@ def evaluate_dataset(
     if dist is not None:
         accumulator.reduce(dist.all_reduce_sum)
     return accumulator.compute(skipped=skipped)
+
+
+class _Loads(torch.utils.data.Dataset):
+    """The samples of `indices` as (name, sample or None, the reason it could not be read or None): a bad file
+    travels back from a DataLoader worker as its one-sentence reason, not as a worker's traceback."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[str, Any, str | None]:
+        index = self.indices[i]
+        name = self.dataset.sample_name(index) if hasattr(self.dataset, "sample_name") else str(index)
+        try:
+            return name, self.dataset[index], None
+        except PparError as exc:
+            return name, None, str(exc)
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _samples(dataset: Any, indices: Sequence[int], *, workers: int) -> Iterator[tuple[str, Any, str | None]]:
+    """The samples in order; with workers, decoded ahead in DataLoader processes (two per worker in flight)."""
+    loads = _Loads(dataset, indices)
+    if workers <= 0 or len(loads) < 2:
+        yield from (loads[i] for i in range(len(loads)))
+        return
+    loader = torch.utils.data.DataLoader(
+        loads, batch_size=None, num_workers=min(workers, len(loads)), collate_fn=_as_is, worker_init_fn=worker_init
+    )
+    yield from loader
 
 
 def evaluate_targets(
@@ -103,6 +137,7 @@ def evaluate_targets(
     dist: DistReducer | None = None,
     accumulate_device: torch.device | str | None = None,
     skip_bad: bool = False,
+    workers: int = 0,
 ) -> dict[str, SegMetrics]:
     """`evaluate_dataset` on each target with its own protocol -> {target name: metrics}, in order.
 
@@ -124,6 +159,7 @@ def evaluate_targets(
             dist=dist,
             accumulate_device=accumulate_device,
             skip_bad=skip_bad,
+            workers=workers,
         )
     return results
 
@@ -139,12 +175,14 @@ def evaluate_checkpoint(
     device: str = "auto",
     max_images: int | None = None,
     progress: ProgressFn | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on `targets` (default: its config's `data.targets`) -> the report dict.
 
     `inference` replaces fields of the checkpoint's `eval` InferenceConfig (mode, crop_size, stride, scale,
     long_side, tta, batch_size). `split`, `mapillary_map` and `data_root` default to the checkpoint's data config.
-    Every target's dataset is built (and its layout checked) before the model is loaded.
+    Every target's dataset is built (and its layout checked) before the model is loaded. `workers` decode images
+    ahead of the model (default: the run's `data.workers`, unset = the usable cores minus one).
     """
     cfg, checkpoint = read_run_config(path)
     changes = {k: v for k, v in (inference or {}).items() if v is not None}
@@ -160,6 +198,8 @@ def evaluate_checkpoint(
     )
     dev = resolve_device(device)
     model = segmentor_from_checkpoint(checkpoint, cfg, device=dev)
+    if workers is None:
+        workers = default_workers() if cfg.data.workers is None else cfg.data.workers
     results = evaluate_targets(
         model.infer,
         chosen,
@@ -168,6 +208,7 @@ def evaluate_checkpoint(
         max_images=max_images,
         progress=progress,
         skip_bad=cfg.data.skip_bad,
+        workers=workers,
     )
     return build_eval_report(
         chosen,
