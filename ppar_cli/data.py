@@ -1,12 +1,13 @@
-"""`ppar data`: list the dataset loaders, check a dataset on disk, write the built-in synthetic domains.
+"""`ppar data`: list the dataset loaders, check a dataset on disk, prepare a fast copy, write the synthetic domains.
 
 The library (numpy, PIL, OpenCV) is imported inside the command bodies so that `ppar --help` stays instant.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -18,9 +19,13 @@ from ppar_cli.render import progress_bars
 from ppar_core.errors import PparError
 
 if TYPE_CHECKING:
-    from ppar_core.data.check import CheckReport
+    from ppar_core.data.check import CheckReport, PreparedCheckReport
 
-app = typer.Typer(help="Datasets: list the loaders, check a dataset, write synthetic domains.", no_args_is_help=True)
+app = typer.Typer(
+    help="Datasets: list the loaders, check or prepare a dataset, write synthetic domains.\n\n"
+    "Example: [bold]ppar data list[/bold], [bold]ppar data check cityscapes --data-root /data --split val[/bold]",
+    no_args_is_help=True,
+)
 
 
 @app.command("list")
@@ -37,7 +42,7 @@ def list_datasets(
     from ppar_core.data.registry import ALIASES, DATASETS, dataset_info
 
     infos = [dataset_info(name)] if name is not None else list(DATASETS.values())
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": i.name,
             "aliases": [alias for alias, target in ALIASES.items() if target == i.name],
@@ -92,19 +97,33 @@ def check(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Scan only the first N pairs.")] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Scan a dataset: pairs, orphans, image sizes, pixels per class, and problems (bad files).
+    """Scan a dataset: pairs, orphans, image sizes, pixels per class, and problems (bad files); or verify a prepared copy.
+
+    A prepared copy (a DIR holding a ppar manifest.json, given as DIR or NAME=DIR) is verified against its manifest instead: the manifest's own hash, its counts, and every file present with its recorded length and sha256.
 
     Exit code 1 when a problem was found (or the root is wrong), 0 otherwise; orphans alone are not problems.
 
     Example: [bold]ppar data check cityscapes --data-root /data --split val[/bold]
-    """
-    from ppar_core.data.check import check_dataset
+    Example: [bold]ppar data check /data/gta5-720p[/bold]
+    """  # noqa: E501
+    from ppar_core.data.check import check_dataset, check_prepared
     from ppar_core.data.registry import build_dataset
 
     if root is not None:
         if "=" in dataset:
             raise PparError(f"Dataset {dataset!r} already names a path: drop --root or the =PATH part.")
         dataset = f"{dataset}={root}"
+    copy = _prepared_copy(dataset, data_root)
+    if copy is not None:
+        with progress_bars() as bars:
+            prepared = check_prepared(copy[1], name=copy[0], progress=bars)
+        if json_out:
+            print_json(prepared.to_json())
+        else:
+            _render_prepared(prepared)
+        if not prepared.ok:
+            raise typer.Exit(1)
+        return
     ds = build_dataset(dataset, split=split, data_root=data_root, mapillary_map=mapillary_map, id_map=id_map)
     with progress_bars() as bars:
         report = check_dataset(ds, limit=limit, progress=bars)
@@ -114,6 +133,130 @@ def check(
         _render_report(report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("prepare")
+def prepare(
+    dataset: Annotated[str, typer.Argument(help="NAME or NAME=PATH, e.g. gta5 or cityscapes=/data/cityscapes.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder of the copy; an unfinished copy is continued.")],
+    split: Annotated[str, typer.Option("--split", help="train, val, or a dataset-specific split.")] = "train",
+    resize: Annotated[
+        str, typer.Option("--resize", help="HxW, none (keep the size), or preset:NAME (that preset's augment resize).")
+    ] = "preset:gta5-vit-b16",
+    image_format: Annotated[str, typer.Option("--format", help="png (lossless) or jpeg (lossy).")] = "png",
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality (--format jpeg).")] = 95,
+    png_compression: Annotated[
+        int, typer.Option("--png-compression", min=0, max=9, help="PNG zlib level: 0 decodes fastest, 9 is smallest.")
+    ] = 0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Processes (default: every usable core).", show_default=False)
+    ] = None,
+    data_root: DataRootOption = None,
+    mapillary_map: Annotated[str, typer.Option("--mapillary-map", help="Mapillary 66->19 map: id or name.")] = "id",
+    id_map: Annotated[
+        str, typer.Option("--id-map", help="folder only: trainid, labelid or a JSON file {raw: trainId}.")
+    ] = "trainid",
+    force: Annotated[bool, typer.Option("--force", help="Start afresh in a non-empty --out (other settings).")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Write a prepared copy of a dataset, made once so that training decodes it fast; use it as NAME=DIR.
+
+    The copy holds the images resized as the training augment's first step does (default: the gta5-vit-b16 preset's 720x1280), the labels already in trainIds (uint8 PNG), and a manifest.json with a hash per file. Use it wherever a dataset is accepted, as NAME=DIR (--source gta5=DIR): samples from a PNG copy are bit-identical to those from the original.
+
+    Runs on every core. Interrupted (Ctrl-C, kill), the same command continues where it stopped. A corrupt source pair is skipped and named in the manifest. JPEG (--format jpeg) is about 6x smaller on disk but lossy: the manifest and every run that uses it say so. Prepare evaluation targets with --resize none, so that they are scored at their own resolution.
+
+    Example: [bold]ppar data prepare gta5 --data-root /data --out /data/gta5-720p[/bold]
+    Example: [bold]ppar data prepare cityscapes --split val --resize none --out /data/cs-val[/bold]
+    """  # noqa: E501
+    from ppar_core.data.prepare import prepare_dataset
+
+    size = parse_resize(resize)
+    began = time.perf_counter()
+    with progress_bars() as bars:
+        result = prepare_dataset(
+            dataset,
+            out,
+            split=split,
+            resize=size,
+            image_format=image_format.lower(),
+            jpeg_quality=quality,
+            png_compression=png_compression,
+            data_root=data_root,
+            mapillary_map=mapillary_map,
+            id_map=id_map,
+            workers=workers,
+            force=force,
+            progress=bars,
+        )
+    seconds = time.perf_counter() - began
+    manifest = result.manifest
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "manifest": str(result.path),
+        "manifest_sha256": manifest["manifest_sha256"],
+        **{key: manifest[key] for key in ("origin", "resize", "image_format", "jpeg_quality", "png_compression")},
+        **{key: manifest[key] for key in ("lossy", "counts", "bytes", "skipped")},
+        "written": result.written,
+        "reused": result.reused,
+        "seconds": round(seconds, 3),
+    }
+    if json_out:
+        print_json(summary)
+        return
+    _render_prepared_summary(summary)
+
+
+def parse_resize(text: str) -> tuple[int, int] | None:
+    """`--resize`: 'HxW' -> (H, W); 'none' -> None; 'preset:NAME' -> that training preset's augment resize."""
+    value = text.strip()
+    if value.lower() == "none":
+        return None
+    if value.lower().startswith("preset:"):
+        from ppar_core.config import TRAIN_PRESETS
+
+        preset = value.split(":", 1)[1].strip()
+        if preset not in TRAIN_PRESETS:
+            raise PparError(
+                f"--resize {text!r} names no training preset: use preset:{' or preset:'.join(TRAIN_PRESETS)}, HxW or "
+                "none."
+            )
+        return TRAIN_PRESETS[preset].data.augment.resize
+    height, sep, width = value.lower().partition("x")
+    if not sep or not height.strip().isdigit() or not width.strip().isdigit() or min(int(height), int(width)) < 1:
+        raise PparError(
+            f"--resize {text!r} is not HxW, none or preset:NAME: write e.g. --resize 720x1280 (height x width)."
+        )
+    return int(height), int(width)
+
+
+def _prepared_copy(dataset: str, data_root: Path | None) -> tuple[str | None, Path] | None:
+    """(expected dataset name or None, folder) when the `check` argument names a prepared copy, else None.
+
+    A bare argument is a folder when it looks like a path or is no dataset name; NAME and NAME=PATH resolve as
+    everywhere, and their root is a copy when it holds a ppar manifest.
+    """
+    from ppar_core.data.check import is_prepared_copy
+    from ppar_core.data.registry import canonical_name, parse_spec, resolve_root
+
+    if "=" not in dataset:
+        folder = Path(dataset).expanduser()
+        try:
+            canonical_name(dataset)
+            a_name = not any(c in dataset for c in "/\\~.")
+        except PparError:
+            a_name = False
+        if not a_name:
+            if is_prepared_copy(folder):
+                return None, folder
+            if folder.is_dir():
+                raise PparError(
+                    f"{folder} holds no ppar manifest.json, so it is not a prepared copy: check a dataset folder as "
+                    f"NAME=PATH (e.g. gta5={folder}), or make a copy with `ppar data prepare`."
+                )
+            return None  # not a folder: the registry says why (an unknown name, with the closest ones)
+    name, path = parse_spec(dataset)
+    root = resolve_root(name, path, data_root)
+    return (name, root) if is_prepared_copy(root) else None
 
 
 @app.command("synth")
@@ -245,3 +388,54 @@ def _render_report(report: CheckReport) -> None:
     if len(report.problems) > 20:
         console.print(f"[red]... and {len(report.problems) - 20} more problems (--json lists them all)[/red]")
     console.print("[green]no problems found[/green]" if report.ok else f"[red]{len(report.problems)} problem(s)[/red]")
+
+
+def _render_prepared_summary(summary: dict[str, Any]) -> None:
+    origin, counts = summary["origin"], summary["counts"]
+    size = "original size" if summary["resize"] is None else "x".join(str(v) for v in summary["resize"])
+    kind = f"jpeg q{summary['jpeg_quality']} (lossy)" if summary["lossy"] else "png (lossless)"
+    console.print(
+        f"[bold]{escape(origin['dataset'])}[/bold] ({escape(origin['split'])}) -> {escape(summary['out'])}: "
+        f"{counts['samples']} pairs at {size}, {kind}, {_size_text(summary['bytes'])}; {summary['written']} "
+        f"written, {summary['reused']} kept from an earlier run, {counts['skipped']} skipped, in "
+        f"{summary['seconds']:.1f} s"
+    )
+    for item in summary["skipped"]:
+        console.print(f"[yellow]skipped[/yellow] {escape(item['name'])}: {escape(item['error'])}")
+    if summary["lossy"]:
+        console.print(
+            "[yellow]JPEG is lossy: samples from this copy are close to, not equal to, the original's; runs that use "
+            "it record that.[/yellow]"
+        )
+    console.print(f"manifest {escape(summary['manifest'])} (sha256 {summary['manifest_sha256']})")
+    console.print(
+        f"Use it as a dataset: {escape(origin['dataset'])}={escape(summary['out'])} (verify it: ppar data check "
+        f"{escape(summary['out'])})"
+    )
+
+
+def _render_prepared(report: PreparedCheckReport) -> None:
+    size = "original size" if report.resize is None else "x".join(str(v) for v in report.resize)
+    kind = f"{report.image_format} ({'lossy' if report.lossy else 'lossless'})"
+    console.print(
+        f"prepared copy of [bold]{escape(report.dataset)}[/bold] ({escape(report.split)}) at {escape(report.root)}: "
+        f"{report.samples} pairs at {size}, {kind}, {report.files_checked} files checked, manifest sha256 "
+        f"{report.manifest_sha256}"
+    )
+    for item in report.skipped[:10]:
+        console.print(f"[yellow]skipped when prepared[/yellow] {escape(item)}")
+    for problem in report.problems[:20]:
+        console.print(f"[red]problem[/red] {escape(problem)}")
+    if len(report.problems) > 20:
+        console.print(f"[red]... and {len(report.problems) - 20} more problems (--json lists them all)[/red]")
+    console.print("[green]no problems found[/green]" if report.ok else f"[red]{len(report.problems)} problem(s)[/red]")
+
+
+def _size_text(num_bytes: int) -> str:
+    """A byte count for people: '812 KiB', '64.2 GiB'."""
+    value, unit = float(num_bytes), "bytes"
+    for next_unit in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    return f"{value:.0f} {unit}" if unit in ("bytes", "KiB") else f"{value:.1f} {unit}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +63,9 @@ class SegDataset:
     decoder: LabelDecoder
     orphans: list[str] = field(default_factory=list)
     key_suffixes: tuple[str, ...] = ()
+    # Set on a prepared copy (`ppar data prepare`) only: what runs record about it, JSON-ready (root, manifest_sha256,
+    # origin, split, resize, image_format, jpeg_quality, lossy); None for a dataset read from its original layout.
+    prepared: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -1,7 +1,8 @@
 """The dataset registry (a plain dict) and `build_dataset`, which turns `NAME` or `NAME=PATH` into a `SegDataset`.
 
 Roots: `NAME=PATH` uses PATH; otherwise `<data_root>/<folder>`, where `data_root` is the argument or $PPAR_DATA and
-`folder` is the registry entry's `folder` (the dataset name, except `acdc-*` which share `acdc`).
+`folder` is the registry entry's `folder` (the dataset name, except `acdc-*` which share `acdc`). A root holding a
+ppar `manifest.json` is a prepared copy (`ppar data prepare`): it is read by the prepared loader, as dataset NAME.
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ from pathlib import Path
 
 import ppar_core.labels as labels
 from ppar_core.data.base import SegDataset
-from ppar_core.data.datasets import acdc, bdd100k, cityscapes, folder, gta5, mapillary, synth_folder, synthia
+from ppar_core.data.datasets import (
+    acdc,
+    bdd100k,
+    cityscapes,
+    folder,
+    gta5,
+    mapillary,
+    prepared,
+    synth_folder,
+    synthia,
+)
 from ppar_core.errors import PparError
 
 # The styles `ppar data synth` writes by default; a user's style file adds more (any `synth-<style>` name loads).
@@ -152,7 +163,8 @@ def canonical_name(name: str) -> str:
     if text.startswith("synth-") and len(text) > len("synth-"):
         return text  # a user's style name, kept as written
     close = difflib.get_close_matches(key, [*DATASETS, *ALIASES], n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(repr(ALIASES.get(c, c)) for c in dict.fromkeys(close))}? " if close else ""
+    names = dict.fromkeys(ALIASES.get(c, c) for c in close)  # an alias suggests the dataset it names, once
+    hint = f"did you mean {' or '.join(repr(n) for n in names)}? " if close else ""
     raise PparError(
         f"Unknown dataset {name!r}: {hint}Known: {', '.join(DATASETS)} (or synth-<style>, NAME=PATH); "
         "`ppar data list` shows each layout."
@@ -202,9 +214,13 @@ def build_dataset(
     `split`: train or val for every dataset (flat datasets return all pairs for both), plus dataset-specific names
     (cityscapes test; all; a `.txt` list for flat datasets). `mapillary_map`: id|name. `id_map` (folder only):
     trainid, labelid or a JSON file path. Raises PparError on an unknown name, a missing root or a wrong layout.
+    A root holding a prepared copy of NAME (`ppar data prepare`) is read from the copy (`dataset.prepared` says so).
     """
     name, path = parse_spec(spec)
     info = dataset_info(name)
     root = resolve_root(name, path, data_root)
+    manifest = prepared.prepared_manifest(root)
+    if manifest is not None:
+        return prepared.build_prepared(root, manifest, name=name, split=split, mapillary_map=mapillary_map)
     opts = LoadOptions(name=name, split=split, mapillary_map=mapillary_map, id_map=id_map)
     return info.builder(root, opts)

@@ -3,7 +3,10 @@ its plan in words."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,9 +16,12 @@ from ppar_core.config import TrainConfig, check_resumable, from_dict
 from ppar_core.engine.distributed import DistContext
 from ppar_core.engine.run_folder import MODEL_FILE, RunFolder
 from ppar_core.errors import PparError
+from ppar_core.evaluation.targets import Target
 from ppar_core.labels import NUM_CLASSES
 from ppar_core.prototypes import Prototypes, build_prototypes, load_prototypes
 from ppar_core.runtime import default_workers
+
+log = logging.getLogger("ppar.train")
 
 
 def plan(cfg: TrainConfig, dist: DistContext, *, resume_step: int | None) -> dict[str, str]:
@@ -65,3 +71,20 @@ def start_prototypes(cfg: TrainConfig, checkpoint: Checkpoint | None) -> Prototy
             templates=cfg.model.templates,
             device="cpu",
         )
+
+
+def prepared_copies(source: Any, targets: Sequence[Target]) -> dict[str, Any]:
+    """{"source": manifest facts, "targets": {name: ...}} of the datasets that are prepared copies (`ppar data
+    prepare`); a lossy (JPEG) one is said in the log too."""
+    copies: dict[str, Any] = {}
+    if getattr(source, "prepared", None):
+        copies["source"] = source.prepared
+    targets_copies = {t.name: t.dataset.prepared for t in targets if getattr(t.dataset, "prepared", None)}
+    if targets_copies:
+        copies["targets"] = targets_copies
+    for what, info in [("source", copies.get("source")), *targets_copies.items()]:
+        if info and info.get("lossy"):
+            log.warning(
+                "%s is a lossy (%s) prepared copy: its images differ from the originals.", what, info["image_format"]
+            )
+    return copies
