@@ -57,7 +57,7 @@ def command(
     workers: Annotated[
         int | None,
         typer.Option(
-            min=0, help="Processes decoding images ahead of the model (default: the run's).", show_default=False
+            min=0, help="Threads decoding images ahead of the model (default: the run's).", show_default=False
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the report, or the report's .json path.")] = None,
