@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e '.[test,plots,lint,export]'
+	$(BIN)/python -m pip install --quiet -e '.[test,plots,lint,export,tensorboard]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -8,7 +8,7 @@ protocol, alternating ABBA (bench/common.py):
 
 - `v0.1`: each image decoded in the loop, normalised in float32 on the CPU (numpy), `infer_logits`, `argmax`, the
   confusion matrix; the reference, kept below as `v01_evaluate`.
-- `today`: `ppar_core.evaluation.evaluate.evaluate_dataset`: images decoded ahead in DataLoader workers, uint8
+- `today`: `ppar_core.evaluation.evaluate.evaluate_dataset`: images decoded ahead in threads, uint8
   moved to the device and normalised there, `max(dim).indices` instead of argmax.
 
 The mIoU of both must agree to the last digit. The last line is `eval ratio time=<today / v0.1> miou_equal=<bool>`.
@@ -33,7 +33,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=40)
     p.add_argument("--size", default="512x1024", help="image size HxW")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--workers", type=int, default=None, help="today's decoding workers (default: cores - 1)")
+    p.add_argument("--workers", type=int, default=None, help="today's decoding threads (default: cores - 1)")
     p.add_argument("--json", dest="json_path", help="write the results here (default: $OUT/eval_speed.json)")
     return p.parse_args(argv)
 

@@ -10,7 +10,7 @@
 #   bash bench/gpu.sh
 #   # a CPU dry run of every step with tiny sizes (checks the script, measures nothing of interest):
 #   BENCH_DEVICE=cpu BENCH_PRESET=tiny BENCH_IMAGE=64 BENCH_BATCH=2 BENCH_REPEATS=2 DATA_SIZE=128x256 \
-#     DATA_IMAGES=4 DATA_BATCHES=2 bash bench/gpu.sh
+#     DATA_IMAGES=4 DATA_SAMPLES=4 bash bench/gpu.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -75,8 +75,8 @@ timeout 330 "$VPY" bench/train_step.py --device "$DEVICE" --preset "$PRESET" --i
 
 # --- 3. data pipeline, every CPU core -----------------------------------------------------------------------------
 log "data pipeline: ${DATA_SIZE:-1052x1914} synthetic PNGs, gta5 augment, $WORKERS workers"
-timeout 200 "$VPY" bench/train_step.py --data-pipeline --workers "$WORKERS" --data-size "${DATA_SIZE:-1052x1914}" \
-  --data-images "${DATA_IMAGES:-16}" --data-batches "${DATA_BATCHES:-24}" --batch-size "$BATCH" \
+timeout 200 "$VPY" bench/data_pipeline.py --workers "$WORKERS" --size "${DATA_SIZE:-1052x1914}" \
+  --frames "${DATA_IMAGES:-16}" --samples "${DATA_SAMPLES:-24}" --repeats 1 \
   --json "$OUT/data_pipeline.json" 2> "$OUT/data_pipeline.stderr" | tee "$OUT/data_pipeline.txt"
 
 log "done: results in $OUT"

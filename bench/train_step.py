@@ -2,7 +2,6 @@
 
     python bench/train_step.py                       # CPU: ViT-B/16 shape, random weights, 512x512, batch 1, fp32
     python bench/train_step.py --device cuda --batch-size 8 --amp --repeats 20   # the GPU figures (bench/gpu.sh)
-    python bench/train_step.py --data-pipeline --workers 16                      # the training data loader alone
 
 What is compared, on the same batch (synthetic street scenes and their labels), in the same process:
 
@@ -25,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,12 +73,6 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the two memory child processes")
     p.add_argument("--no-mfu", action="store_true", help="skip the matmul reference and FLOP utilisation")
     p.add_argument("--json", dest="json_path", default=None, help="also write the results here (default: $OUT)")
-    p.add_argument("--data-pipeline", action="store_true", help="measure the training DataLoader instead")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="--data-pipeline: DataLoader workers")
-    p.add_argument("--data-size", default="1052x1914", help="--data-pipeline: synthetic image HxW (GTA5's size)")
-    p.add_argument("--data-images", type=int, default=16, help="--data-pipeline: distinct images written")
-    p.add_argument("--data-batches", type=int, default=24, help="--data-pipeline: timed batches")
-    p.add_argument("--data-dir", default=None, help="--data-pipeline: reuse/keep the synthetic images here")
     p.add_argument("--memory-child", choices=WORKLOADS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -187,13 +177,15 @@ def build_workloads(args: argparse.Namespace, device: Any, images: Any, labels: 
         cfg = TrainConfig(model=model_cfg, optim=OptimConfig(), iters=1000, batch_size=args.batch_size)
         optimizer = build_optimizer(model, cfg.optim, backbone_lr_mult=model_cfg.backbone_lr_mult)
         dist = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device(device), enabled=False)
-        batches = itertools.repeat((images, labels, [""] * args.batch_size))
+        batches = itertools.repeat(
+            (images, labels, [""] * args.batch_size, torch.zeros(args.batch_size, dtype=torch.long))
+        )
         step_index = int(args.progress * cfg.iters)
 
         def ppar_step() -> None:
             # The trainer's own step (ppar_core.engine.step): normalisation on the device, forward, loss, backward,
-            # clipping, AdamW, VTP memory and reliability statistics, and its logging syncs.
-            train_step(model, model, optimizer, batches, cfg, step_index, dist, checkpoint=Path("unused"))
+            # clipping, AdamW, VTP memory and reliability statistics; a step that does not log (no host sync).
+            train_step(model, model, optimizer, batches, cfg, step_index, dist, checkpoint=Path("unused"), log=False)
 
         normalised = normalize(images)
 
@@ -306,50 +298,6 @@ def run_step_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def run_data_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    """images/s of the training DataLoader (TrainSamples + the gta5 augment) over synthetic GTA5-sized PNGs."""
-    import torch
-
-    from ppar_core.config import TRAIN_PRESETS
-    from ppar_core.data import build_dataset
-    from ppar_core.data.synth import write_domains
-    from ppar_core.engine.sampling import StreamSampler, TrainSamples
-
-    height, width = (int(v) for v in args.data_size.lower().split("x"))
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.data_dir or tmp)
-        folder = root / "synth-source" / "images"
-        if len(list(folder.glob("*.png"))) < args.data_images:
-            write_domains(root, domains=("synth-source",), num=args.data_images, size=(height, width))
-        dataset = build_dataset("synth-source", data_root=root)
-        augment = TRAIN_PRESETS["gta5-vit-b16"].data.augment
-        batch = args.batch_size if args.batch_size > 1 else 8
-        loader = torch.utils.data.DataLoader(
-            TrainSamples(dataset, augment, seed=0),
-            batch_size=batch,
-            sampler=StreamSampler(batch_size=batch, accum_steps=1, rank=0, world_size=1, start_step=0),
-            num_workers=args.workers,
-            persistent_workers=args.workers > 0,
-        )
-        batches = iter(loader)
-        for _ in range(max(args.workers, 1)):  # let every worker start and fill its queue before timing
-            next(batches)
-        start = time.perf_counter()
-        for _ in range(args.data_batches):
-            images, _labels, _bad = next(batches)
-        elapsed = time.perf_counter() - start
-        del batches, loader
-    return {
-        "machine": machine_info("cpu"),
-        "images_per_s": args.data_batches * batch / elapsed,
-        "workers": args.workers,
-        "batch_size": batch,
-        "source_size_hw": [height, width],
-        "crop_hw": list(images.shape[-2:]),
-        "augment": "TRAIN_PRESETS['gta5-vit-b16'].data.augment",
-    }
-
-
 def _report(results: dict[str, Any]) -> tuple[float, float]:
     # Human lines to stderr-free stdout; returns (time ratio, memory ratio).
     bare, ppar = results["workloads"]["bare"], results["workloads"]["ppar"]
@@ -372,11 +320,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.memory_child:
         _memory_child(args)
-        return 0
-    if args.data_pipeline:
-        results = run_data_pipeline(args)
-        write_result("data_pipeline", results, path=args.json_path)
-        print(f"data_pipeline images_per_s={results['images_per_s']:.2f} workers={results['workers']}")
         return 0
     results = run_step_benchmark(args)
     time_ratio, mem_ratio = _report(results)

@@ -18,10 +18,13 @@ HELP = """Show the reliability weights of a PPAR run, per class: mean, histogram
 
 Without --data it reads the statistics training stored in the checkpoint (warm-up steps recorded w = 1). With --data DATASET (or a FOLDER holding images/ and labels/ with trainId PNGs, i.e. --data folder=FOLDER) it computes the weights afresh, fully ramped in, for --num images evenly spread over the split: per-class statistics, the images with the most down-weighted pixels and, with --out, one heat map per image (lowest-weight decile outlined). --out also gets class_histograms.png and class_mean_weights.png (needs matplotlib: pip install 'ppar\\[plots]').
 
---json prints {"source", "classes": {name: {"mean", "hist", "low_fraction", "high_fraction", "pixels"}}, "images"}; with --compare it prints {"runs": {"A": {"checkpoint", "source", "classes", "images"}, "B": {...}}} and --out gets sub-folders A/ and B/.
+--by-source does that for each of the run's training sources (--num images from each, its training split): which source's pixels the reliability trusted less, one row per source, then each source's classes.
+
+--json prints {"source", "sources", "classes": {name: {"mean", "hist", "low_fraction", "high_fraction", "pixels"}}, "images"}; with --compare it prints {"runs": {"A": {"checkpoint", "source", "sources", "classes", "images"}, "B": {...}}} and --out gets sub-folders A/ and B/; with --by-source {"by_source": {SOURCE: {...}}}.
 
 Example: [bold]ppar analyze-weights runs/g2cbm/last.safetensors --data gta5 --num 16 --out weights/[/bold]
 Compare: [bold]ppar analyze-weights runs/otp/last.safetensors --compare runs/ratio/last.safetensors[/bold]
+Per source: [bold]ppar analyze-weights runs/gta5+synthia/last.safetensors --by-source --num 16[/bold]
 """  # noqa: E501
 
 _SPARK = " ▁▂▃▄▅▆▇█"
@@ -49,10 +52,13 @@ def command(
     resize: Annotated[str, typer.Option(help="Resize images: train (as the run did), none, or HxW.")] = "train",
     out: Annotated[Path | None, typer.Option(help="Folder for the PNG plots and heat maps.")] = None,
     compare: Annotated[Path | None, typer.Option(help="A second checkpoint to put side by side (B).")] = None,
+    by_source: Annotated[
+        bool, typer.Option("--by-source", help="Weights afresh on --num images of each training source.")
+    ] = False,
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
-    from ppar_core.analysis.weights import AnalysisConfig, analyze_weights
+    from ppar_core.analysis.weights import AnalysisConfig, analyze_by_source, analyze_weights
     from ppar_core.errors import PparError
     from ppar_core.files import check_output_folder
     from ppar_core.loading import find_checkpoint
@@ -62,6 +68,9 @@ def command(
     if folder is not None and data is not None:
         raise PparError(f"Both a FOLDER ({folder}) and --data {data} were given: pass one of them.")
     spec = f"folder={folder}" if folder is not None else data
+    if by_source and (spec is not None or compare is not None):
+        given = "--compare" if compare is not None else ("a FOLDER" if folder is not None else "--data")
+        raise PparError(f"--by-source reads the run's own sources, so {given} cannot go with it: pass one of them.")
     config = AnalysisConfig(
         data=spec,
         split=split,
@@ -76,6 +85,20 @@ def command(
     checkpoint, how = find_checkpoint(checkpoint)
     if how != "given" and not as_json:
         err_console.print(f"Analysing {checkpoint} ({how}).")
+    if by_source:
+        with progress_bars() as bars:
+            per_source = analyze_by_source(checkpoint, config=config, out=out, progress=bars)
+        if as_json:
+            print_json({"by_source": {name: report.to_dict() for name, report in per_source.items()}})
+            return
+        first = next(iter(per_source.values()))
+        _describe(first, None)
+        console.print(_source_table(per_source))
+        for name, report in per_source.items():
+            console.print(_class_table(report, title=f"Weights per class, source {name}"))
+        if out is not None:
+            console.print(f"Wrote {sum(len(r.files) for r in per_source.values())} PNG files to {out}.")
+        return
     runs = {"A": checkpoint} if compare is None else {"A": checkpoint, "B": compare}
     reports: dict[str, WeightReport] = {}
     outs = {key: out if (out is None or compare is None) else out / key for key in runs}
@@ -102,7 +125,8 @@ def command(
 
 def _describe(report: WeightReport, key: str | None) -> None:
     name = f"{key}: {report.checkpoint}" if key else str(report.checkpoint)
-    run = f"method {report.method}, reweight {report.reweight}, step {report.step}"
+    sources = " + ".join(report.sources)
+    run = f"trained on {sources}, method {report.method}, reweight {report.reweight}, step {report.step}"
     if report.source == "checkpoint":
         if not report.weights_applied:
             console.print(
@@ -146,8 +170,9 @@ def _sorted_names(classes: dict[str, dict[str, Any]]) -> list[str]:
     return sorted(classes, key=lambda n: (classes[n]["mean"] is None, classes[n]["mean"] or 0.0))
 
 
-def _class_table(report: WeightReport) -> Table:
-    table = Table(title=f"Weights per class ({report.source}; histogram over [0, {report.w_max:g}])")
+def _class_table(report: WeightReport, *, title: str | None = None) -> Table:
+    title = title or f"Weights per class ({report.source})"
+    table = Table(title=f"{title}; histogram over [0, {report.w_max:g}]")
     for column in ("class", "pixels", "mean", "< 0.5 %", "> 2 %"):
         table.add_column(column, justify="left" if column == "class" else "right")
     table.add_column("histogram")
@@ -160,6 +185,27 @@ def _class_table(report: WeightReport) -> Table:
             _pct(c["low_fraction"], c["pixels"]),
             _pct(c["high_fraction"], c["pixels"]),
             _spark(c["hist"]),
+        )
+    return table
+
+
+def _source_table(reports: dict[str, WeightReport]) -> Table:
+    """One row per training source: overall mean weight, low and high shares, and its three least trusted classes."""
+    table = Table(title="Weights per training source (least trusted classes first)")
+    for column in ("source", "images", "pixels", "mean", "< 0.5 %", "> 2 %"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    table.add_column("least trusted")
+    for name, report in reports.items():
+        overall, pixels = report.overall(), report.total_pixels
+        seen = [n for n in _sorted_names(report.classes) if report.classes[n]["mean"] is not None]
+        table.add_row(
+            name,
+            str(len(report.images)),
+            f"{pixels:,}",
+            _mean(overall["mean"]),
+            _pct(overall["low_fraction"] or 0.0, pixels),
+            _pct(overall["high_fraction"] or 0.0, pixels),
+            ", ".join(f"{n} {report.classes[n]['mean']:.2f}" for n in seen[:3]),
         )
     return table
 

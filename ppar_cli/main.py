@@ -22,7 +22,7 @@ try:  # typer 0.2x carries its own copy of click; older releases use click itsel
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from ppar_cli import analyze, data, demo, evaluate, export, models, plot, predict, prototypes, runs, train
+from ppar_cli import analyze, data, demo, evaluate, export, models, plot, predict, pretrain, prototypes, runs, train
 from ppar_cli.options import err_console
 from ppar_cli.render import setup_logging
 from ppar_core import PparError, __version__
@@ -49,6 +49,7 @@ app.command("predict", help=predict.HELP)(predict.command)
 app.command("analyze-weights", help=analyze.HELP)(analyze.command)
 app.command("plot", help=plot.HELP)(plot.command)
 app.command("export", help=export.HELP)(export.command)
+app.command("pretrain", help=pretrain.HELP)(pretrain.command)
 
 _TYPE_LABEL = typer.core.TyperOption.display_type_rich
 

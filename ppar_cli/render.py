@@ -72,7 +72,7 @@ class TrainingProgress:
         rate = (now - self.first[1]) / (step - self.first[0]) if step > self.first[0] else None  # s/step
         fields = [
             f"loss {record.get('total', float('nan')):.3f}",
-            f"{record.get('img_per_s', 0.0):.1f} img/s",
+            f"{record.get('img_per_s', 0.0):.1f} img/s (data wait {100 * record.get('data_wait', 0.0):.0f}%)",
             f"seg {record.get('seg', float('nan')):.3f} pa {record.get('pa', 0.0):.3f}",
             f"w {record.get('mean_weight', 1.0):.2f} lr {record.get('lr', 0.0):.2e}",
         ]
@@ -155,6 +155,31 @@ def report_table(reports: Mapping[str, Mapping[str, Any] | None], *, title: str)
     return table
 
 
+PLAIN_PROGRESS_EVERY_S = 10.0
+
+
+def _plain_progress() -> ProgressFn:
+    """Progress as log lines: `name: done/total (p%), elapsed 0:00:20`, at most every PLAIN_PROGRESS_EVERY_S per
+    task, and once at the end of a task that printed before (short tasks print nothing)."""
+    started: dict[str, float] = {}
+    last: dict[str, float] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        start = started.setdefault(name, now)
+        finished = total > 0 and done >= total
+        due = now - last.get(name, start) >= PLAIN_PROGRESS_EVERY_S
+        if due or (finished and name in last):
+            last[name] = now
+            percent = f" ({100 * done // total}%)" if total > 0 else ""
+            err_console.print(f"{name}: {done}/{total}{percent}, elapsed {_clock(now - start)}", highlight=False)
+        if finished:
+            started.pop(name, None)
+            last.pop(name, None)
+
+    return update
+
+
 @contextmanager
 def progress_bars(*, enabled: bool = True) -> Iterator[ProgressFn]:
     """Transient progress bars on stderr (stdout stays clean for --json), one per task name.
@@ -164,6 +189,9 @@ def progress_bars(*, enabled: bool = True) -> Iterator[ProgressFn]:
     """
     if not enabled:
         yield lambda name, done, total: None
+        return
+    if not err_console.is_terminal:  # a log file: a plain line every PLAIN_PROGRESS_EVERY_S seconds, then the end
+        yield _plain_progress()
         return
     bar = Progress(
         TextColumn("{task.description}"),

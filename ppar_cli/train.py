@@ -33,6 +33,7 @@ FLAG_FIELDS: dict[str, str] = {
     "eval_every": "eval_every",
     "log_every": "log_every",
     "workers": "data.workers",
+    "log": "log",
 }
 
 HELP = """Train on a source domain; evaluate on target domains it never sees.
@@ -41,6 +42,7 @@ Settings come from defaults (or --preset), then --config FILE.toml, then the fla
 
 Example: [bold]ppar train --source gta5 --targets cityscapes,bdd[/bold]
 Example: [bold]ppar train --source gta5 --targets cityscapes,bdd100k,mapillary --model vit-b16 --out runs/g2cbm[/bold]
+Two sources: [bold]ppar train --source gta5,synthia --targets cityscapes,bdd[/bold] (or --preset gta5+synthia-vit-b16)
 CPU demo: [bold]ppar train --preset synth-tiny --data-root demo/data --iters 100[/bold]
 Several GPUs: [bold]torchrun --nproc-per-node 4 -m ppar_cli train ...[/bold]
 """  # noqa: E501
@@ -49,7 +51,7 @@ Several GPUs: [bold]torchrun --nproc-per-node 4 -m ppar_cli train ...[/bold]
 def command(
     config: Annotated[Path | None, typer.Option("--config", help="A TOML config file (see examples/).")] = None,
     preset: Annotated[str | None, typer.Option(help="Start from a preset: gta5-vit-b16, synth-tiny.")] = None,
-    source: Annotated[str | None, typer.Option(help="Source dataset, NAME or NAME=PATH.")] = None,
+    source: Annotated[str | None, typer.Option(help="Source dataset(s), NAME or NAME=PATH, comma-separated.")] = None,
     targets: Annotated[str | None, typer.Option(help="Target datasets, comma-separated.")] = None,
     data_root: DataRootOption = None,
     model: Annotated[str | None, typer.Option("--model", help="CLIP preset (`ppar models list`).")] = None,
@@ -77,7 +79,12 @@ def command(
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Steps between evaluations (0: at the end only).")] = None,
     log_every: Annotated[int | None, typer.Option(help="Steps between metrics.jsonl lines.")] = None,
-    workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="DataLoader worker processes (default: the cores minus one, at most 16).")
+    ] = None,
+    log: Annotated[
+        str | None, typer.Option("--log", help="Also log to: none or tensorboard (<out>/tensorboard).")
+    ] = None,
 ) -> None:
     from dataclasses import replace
 
@@ -109,19 +116,18 @@ def command(
         "eval_every": eval_every,
         "log_every": log_every,
         "workers": workers,
+        "log": log,
     }
     fields = {FLAG_FIELDS[name]: [v, v] if name == "crop" and v is not None else v for name, v in flags.items()}
-    settings = {"preset": preset, "config_file": config, "fields": fields, "overrides": overrides or []}
+    base = None
     if resume:
         if out is None:
             raise PparError("--resume needs --out RUN, the run folder to continue (e.g. --out runs/ppar).")
         # The run's own config is the base: `--out RUN --resume` alone continues it; options given must agree.
-        saved = RunFolder(out).read_config()
-        cfg = resolve_config(**settings, base=None if preset or config else saved)
-    else:
-        cfg = resolve_config(**settings)
-        if out is None and not any(o.split("=", 1)[0].strip() == "out" for o in overrides or []):
-            cfg = replace(cfg, out=str(next_free_folder(cfg.out)))  # a new run folder, never the last one's
+        base = None if preset or config else RunFolder(out).read_config()
+    cfg = resolve_config(preset=preset, config_file=config, fields=fields, overrides=overrides or [], base=base)
+    if not resume and out is None and not any(o.split("=", 1)[0].strip() == "out" for o in overrides or []):
+        cfg = replace(cfg, out=str(next_free_folder(cfg.out)))  # a new run folder, never the last one's
     with training_progress(cfg.iters) as progress:
         result = train(
             cfg, resume=resume, on_log=progress.on_log, on_eval_progress=progress.on_eval, on_start=progress.on_start

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,10 +30,15 @@ from ppar_core.protocol import InferenceConfig
 
 T = TypeVar("T")
 
+# How several sources share a run's samples (ppar_core.engine.sampling implements them).
+SAMPLING_RULES = ("balanced", "proportional")
+LOGGERS = ("none", "tensorboard")  # where a run logs besides metrics.jsonl (ppar_core.engine.tensorboard)
+
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "gta5"  # dataset spec, NAME or NAME=PATH
+    source: tuple[str, ...] = ("gta5",)  # dataset specs, NAME or NAME=PATH; several train together ("gta5,synthia")
+    source_sampling: str = "balanced"  # several sources: "balanced" (equal shares) or "proportional" (by size)
     targets: tuple[str, ...] = ("cityscapes", "bdd100k", "mapillary")
     data_root: str | None = None  # default: $PPAR_DATA
     source_split: str = "train"
@@ -41,7 +46,7 @@ class DataConfig:
     mapillary_map: str = "id"  # "id" (RobustNet/HRDA) or "name" (Rein)
     skip_bad: bool = True  # training skips (and counts) unreadable or inconsistent source samples
     augment: TrainAugment = field(default_factory=TrainAugment)
-    workers: int = 2  # DataLoader worker processes
+    workers: int | None = None  # DataLoader worker processes; None = the usable cores minus one, at most 16
     eval_max_images: int | None = None  # evaluate on at most this many images per target (None = all)
 
 
@@ -73,6 +78,7 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between `last.safetensors` writes (also written at the end and on Ctrl-C)
     eval_every: int = 0  # steps between evaluations on the targets; 0 = only at the end
     log_every: int = 50  # steps between lines of metrics.jsonl
+    log: str = "none"  # also log to: "none" or "tensorboard" (event files in <out>/tensorboard; the extra)
 
     def validate(self) -> TrainConfig:
         """Check every field and the cross-field constraints; returns self so it chains.
@@ -93,12 +99,21 @@ class TrainConfig:
             "checkpoint_every": self.checkpoint_every,
             "eval_every": self.eval_every,
             "optim.warmup_iters": self.optim.warmup_iters,
-            "data.workers": self.data.workers,
+            "data.workers": self.data.workers or 0,
         }.items():
             if value < 0:
                 raise PparError(f"Config field {name} must not be negative, got {value}.")
         if self.data.eval_max_images is not None and self.data.eval_max_images < 1:
             raise PparError(f"Config field data.eval_max_images must be at least 1, got {self.data.eval_max_images}.")
+        if self.log not in LOGGERS:
+            raise PparError(f"Config field log must be one of {', '.join(LOGGERS)}, got {self.log!r} (--log).")
+        if not self.data.source:
+            raise PparError("Config field data.source is empty: name at least one source dataset (--source gta5).")
+        if self.data.source_sampling not in SAMPLING_RULES:
+            rules = ", ".join(SAMPLING_RULES)
+            raise PparError(
+                f"Config field data.source_sampling must be one of {rules}, got {self.data.source_sampling!r}."
+            )
         if self.optim.lr <= 0:
             raise PparError(f"Config field optim.lr must be positive, got {self.optim.lr}.")
         for sub in (self.model, self.data.augment, self.loss, self.eval):
@@ -107,7 +122,16 @@ class TrainConfig:
 
 
 # The data-only fields a resumed run may change without changing what it computes.
-RESUMABLE_FIELDS = ("device", "out", "checkpoint_every", "eval_every", "log_every", "data.workers", "data.data_root")
+RESUMABLE_FIELDS = (
+    "device",
+    "out",
+    "checkpoint_every",
+    "eval_every",
+    "log_every",
+    "log",
+    "data.workers",
+    "data.data_root",
+)
 
 
 def check_resumable(saved: TrainConfig, asked: TrainConfig, *, run: str) -> None:
@@ -279,34 +303,42 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 # Presets (plain data). examples/*.toml spell the same presets out as files; a test keeps them equal.
 
-TRAIN_PRESETS: dict[str, TrainConfig] = {
-    # The paper-style protocol: GTA5 -> Cityscapes, BDD100K, Mapillary with CLIP ViT-B/16.
-    "gta5-vit-b16": TrainConfig(
-        model=ModelConfig(preset="vit-b16", pretrained="openai", quick_gelu=True),
-        data=DataConfig(
-            source="gta5",
-            targets=("cityscapes", "bdd100k", "mapillary"),
-            augment=TrainAugment(resize=(720, 1280), scale_range=(0.5, 2.0), crop_size=(512, 512)),
-            workers=8,
-        ),
-        eval=InferenceConfig(mode="slide", crop_size=512, stride=341),
-        iters=20000,
-        batch_size=8,
-        out="runs/gta5-vit-b16",
+# The paper-style protocol: GTA5 -> Cityscapes, BDD100K, Mapillary with CLIP ViT-B/16.
+_GTA5_VIT_B16 = TrainConfig(
+    model=ModelConfig(preset="vit-b16", pretrained="openai", quick_gelu=True),
+    data=DataConfig(
+        source=("gta5",),
+        targets=("cityscapes", "bdd100k", "mapillary"),
+        augment=TrainAugment(resize=(720, 1280), scale_range=(0.5, 2.0), crop_size=(512, 512)),
     ),
-    # The CPU demo: the tiny random-init tower on the built-in synthetic domains, a few minutes on two cores.
+    eval=InferenceConfig(mode="slide", crop_size=512, stride=341),
+    iters=20000,
+    batch_size=8,
+    out="runs/gta5-vit-b16",
+)
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "gta5-vit-b16": _GTA5_VIT_B16,
+    # Multi-source DG (as Rein and SoMA report it): GTA5 + SYNTHIA, equal shares of every batch, the same targets.
+    # SYNTHIA labels 16 classes: its images' loss leaves out the other 3 (terrain, truck, train).
+    "gta5+synthia-vit-b16": replace(
+        _GTA5_VIT_B16,
+        data=replace(_GTA5_VIT_B16.data, source=("gta5", "synthia"), source_sampling="balanced"),
+        out="runs/gta5+synthia-vit-b16",
+    ),
+    # The CPU demo: the tiny tower on the built-in synthetic domains, a few minutes on two cores. Random weights by
+    # default; `ppar demo` passes the embedded prior (model.pretrained = its file, `ppar pretrain`).
     "synth-tiny": TrainConfig(
         model=ModelConfig(
             preset="tiny",
-            backbone_lr_mult=1.0,
+            backbone_lr_mult=0.03,  # the prior is fine-tuned gently (docs/METHOD.md, "The embedded prior")
             head=HeadConfig(fpn_channels=64),
             vtp=VTPConfig(decoder_width=64, decoder_layers=2),
         ),
         data=DataConfig(
-            source="synth-source",
+            source=("synth-source",),
             targets=("synth-real", "synth-night", "synth-fog"),
             augment=TrainAugment(resize=None, scale_range=(0.75, 1.5), crop_size=(128, 256)),
-            workers=0,
             eval_max_images=40,
         ),
         optim=OptimConfig(lr=1e-3, warmup_iters=30),

@@ -8,6 +8,17 @@ prototypical reliability weights (DESIGN.md section 1).
 Every function computes in float32, with autocast switched off, whatever dtype its inputs arrive in: cosines divided
 by a temperature of 0.07 lose too much precision in bf16. Reliability weights are computed without gradient: they
 scale the loss but must never be optimised themselves (the model could otherwise lower its loss by lowering them).
+
+No function here waits for the device (DESIGN.md section 6: a training step must not stall the host). Pixels are
+never selected with a boolean mask (`x[mask]` must learn the number of selected pixels on the host): every pixel
+takes part with a 0/1 weight, means over a subset are `sum(weight * value) / count` with the count on the device,
+counts per class are `scatter_add_` into fixed-size tensors (`bincount` computes its size on the host), and the
+terms stay tensors until the caller reads them.
+
+Partial labels (several sources, one of which labels fewer classes: SYNTHIA's 16 of 19): `class_mask` (B,K) bool
+says which classes image b's source labels. A class its source never labels is not a negative for that image's
+pixels: its score is -inf in every softmax over classes (segmentation, alignment, reliability), so those pixels
+neither push it down nor take its probability mass. Without a mask (every source labels every class) nothing changes.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +38,9 @@ from ppar_core.errors import PparError
 METHODS = ("ppar", "erm")
 ALIGN_MODES = ("none", "direct", "progressive")
 REWEIGHT_MODES = ("none", "otp", "ratio")
+# The logged terms of `LossTerms`, in the log's order: the tensor terms, then the schedule's host floats.
+TENSOR_TERMS = ("total", "seg", "pa", "vo", "mean_weight", "aligned_fraction")
+SCHEDULE_TERMS = ("beta", "q", "weight_ramp")
 
 
 @dataclass(frozen=True)
@@ -102,10 +117,18 @@ class LossTerms:
     weight_ramp: float
     weights: Tensor | None  # (B,H,W) float32 applied weights at label resolution, detached; None for erm / none
 
+    def stacked(self) -> Tensor:
+        """The tensor terms as one detached float32 vector (len(TENSOR_TERMS),), in `TENSOR_TERMS` order, on their
+        device: no host sync, so a training step can add it up over micro-batches and read it only when it logs."""
+        return torch.stack([getattr(self, name).detach().float().reshape(()) for name in TENSOR_TERMS])
+
+    def schedule_floats(self) -> dict[str, float]:
+        """beta, q and weight_ramp as logged: host floats rounded to float32, as the log has always shown them."""
+        return {name: float(np.float32(getattr(self, name))) for name in SCHEDULE_TERMS}
+
     def as_floats(self) -> dict[str, float]:
-        """Every scalar as a Python float, for logging (synchronises with the device once per tensor)."""
-        scalars = ("total", "seg", "pa", "vo", "mean_weight", "aligned_fraction", "beta", "q", "weight_ramp")
-        return {name: float(torch.as_tensor(getattr(self, name)).detach()) for name in scalars}
+        """Every scalar as a Python float, for logging: one device->host transfer (of `stacked()`)."""
+        return {**dict(zip(TENSOR_TERMS, self.stacked().tolist(), strict=True)), **self.schedule_floats()}
 
 
 @contextmanager
@@ -155,11 +178,24 @@ def weighted_cross_entropy(
         return ce.sum() / n_valid
 
 
-def _nce_from_cosines(cosines: Tensor, labels: Tensor, *, tau: float) -> Tensor:
-    # cosines (N,K) float32; the mean over an empty set is 0 (not NaN) and keeps the graph.
-    if cosines.shape[0] == 0:
-        return cosines.sum() * 0.0
-    return F.cross_entropy(cosines / tau, labels)
+def _only_labelled(scores: Tensor, class_mask: Tensor | None) -> Tensor:
+    # scores (B,K,...) -> the same with -inf for the classes image b's source never labels (class_mask (B,K) bool).
+    if class_mask is None:
+        return scores
+    shape = (*class_mask.shape, *([1] * (scores.dim() - 2)))
+    return scores.masked_fill(~class_mask.view(shape), float("-inf"))
+
+
+def _nce_over(cosines: Tensor, labels: Tensor, counted: Tensor, *, tau: float) -> Tensor:
+    # L_nce = mean over the counted pixels of -log softmax_k(cos / tau)[y], written as sum(counted * CE) / count.
+    # cosines (B,K,h,w) float32; labels (B,h,w) long, a class index at every pixel (any at uncounted ones);
+    # counted (B,h,w) bool. With no counted pixel it is 0 (not NaN) and stays attached to the graph.
+    k = cosines.shape[1]
+    ce = F.cross_entropy(cosines.permute(0, 2, 3, 1).reshape(-1, k) / tau, labels.reshape(-1), reduction="none")
+    counted = counted.reshape(-1)
+    # `where`, not `ce * counted`: an uncounted pixel's stand-in label may be a class its source never labels, whose
+    # score is -inf (its CE inf, and inf * 0 is NaN).
+    return torch.where(counted, ce, 0.0).sum() / counted.sum().clamp_min(1)
 
 
 def _labels_at(labels: Tensor, size: tuple[int, int]) -> Tensor:
@@ -169,28 +205,41 @@ def _labels_at(labels: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
-def easiest_per_class_mask(difficulty: Tensor, labels: Tensor, q: float, num_classes: int) -> Tensor:
-    """Bool mask (N,) keeping the `ceil(q * n_k)` easiest (smallest difficulty) pixels of every class k present.
+def _counts(index: Tensor, size: int) -> Tensor:
+    # How often each value in [0, size) occurs in `index` (long, any shape) -> (size,) long. A `bincount` with a fixed
+    # size: torch.bincount sizes its output by the largest value, which on CUDA is read back to the host.
+    flat = index.reshape(-1)
+    return torch.zeros(size, dtype=torch.long, device=index.device).scatter_add_(0, flat, torch.ones_like(flat))
 
-    difficulty (N,) float; labels (N,) long in [0, num_classes). q = 1 keeps all, q = 0 none; ties go to the lower
-    index. Vectorised: one sort by difficulty, one stable sort by class, then the rank inside each class.
+
+def easiest_per_class_mask(
+    difficulty: Tensor, labels: Tensor, q: float, num_classes: int, valid: Tensor | None = None
+) -> Tensor:
+    """Bool mask (N,) keeping the `ceil(q * n_k)` easiest (smallest difficulty) valid pixels of every class k present.
+
+    difficulty (N,) float; labels (N,) long, in [0, num_classes) wherever `valid` (N,) bool is True (None: every
+    pixel is valid). Invalid pixels are never kept and do not count in n_k. q = 1 keeps all valid pixels, q = 0
+    none; ties go to the lower index. Fixed shapes, no host sync: one sort by difficulty, one stable sort by class,
+    then the rank inside each class; invalid pixels form an extra class K (sorted last, quota 0) instead of being
+    removed, so the valid pixels keep their order and their ranks.
     """
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"q must be in [0, 1], got {q}")
-    n = labels.shape[0]
+    n, device = labels.shape[0], labels.device
+    valid = torch.ones(n, dtype=torch.bool, device=device) if valid is None else valid
     if q >= 1.0 or n == 0:
-        return torch.full((n,), q >= 1.0, dtype=torch.bool, device=labels.device)
+        return valid.clone() if q >= 1.0 else torch.zeros(n, dtype=torch.bool, device=device)
+    group = torch.where(valid, labels, num_classes)  # class K: the invalid pixels
     order = torch.argsort(difficulty.detach(), stable=True)
-    order = order[torch.argsort(labels[order], stable=True)]  # grouped by class, easiest first inside each class
-    sorted_labels = labels[order]
-    counts = torch.bincount(labels, minlength=num_classes)
+    order = order[torch.argsort(group[order], stable=True)]  # grouped by class, easiest first inside each class
+    sorted_group = group[order]
+    counts = _counts(group, num_classes + 1)
     starts = counts.cumsum(0) - counts
-    rank = torch.arange(n, device=labels.device) - starts[sorted_labels]
+    rank = torch.arange(n, device=device) - starts[sorted_group]
     # The epsilon keeps exact products (0.3 * 10 = 3.0000000000000004 in binary) from rounding up to one more pixel.
     quota = torch.ceil(counts.double() * q - 1e-9).long()
-    mask = torch.zeros(n, dtype=torch.bool, device=labels.device)
-    mask[order] = rank < quota[sorted_labels]
-    return mask
+    kept = (rank < quota[sorted_group]) & (sorted_group < num_classes)
+    return torch.zeros(n, dtype=torch.bool, device=device).scatter_(0, order, kept)
 
 
 def _cosine_maps(dense: Tensor, prototypes: Tensor) -> Tensor:
@@ -202,23 +251,36 @@ def _cosine_maps(dense: Tensor, prototypes: Tensor) -> Tensor:
     return torch.einsum("bdhw,bkd->bkhw", z, p)
 
 
-def _log_prob_at_labels(cosines: Tensor, labels: Tensor, *, tau_w: float, ignore_index: int) -> Tensor:
+def _log_prob_at_labels(
+    cosines: Tensor, labels: Tensor, *, tau_w: float, ignore_index: int, class_mask: Tensor | None = None
+) -> Tensor:
     # cosines (B,K,h,w) -> log p(y) (B,H,W): upsample the logits (not the probabilities), then log-softmax over K.
+    # The class mask comes after the upsampling: interpolating -inf would give NaN.
     logits = cosines / tau_w
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
+    logits = _only_labelled(logits, class_mask)
     safe = labels.long().masked_fill(labels == ignore_index, 0)
     return logits.log_softmax(dim=1).gather(1, safe[:, None])[:, 0]
 
 
 def _reliability_from_cosines(
-    cos_otp: Tensor, cos_vtp: Tensor | None, labels: Tensor, *, mode: str, tau_w: float, ignore_index: int
+    cos_otp: Tensor,
+    cos_vtp: Tensor | None,
+    labels: Tensor,
+    *,
+    mode: str,
+    tau_w: float,
+    ignore_index: int,
+    class_mask: Tensor | None = None,
 ) -> Tensor:
-    log_r = _log_prob_at_labels(cos_otp, labels, tau_w=tau_w, ignore_index=ignore_index)
+    log_r = _log_prob_at_labels(cos_otp, labels, tau_w=tau_w, ignore_index=ignore_index, class_mask=class_mask)
     if mode == "ratio":
         if cos_vtp is None:
             raise ValueError("reweight mode 'ratio' needs the VTP")
-        log_r = log_r - _log_prob_at_labels(cos_vtp, labels, tau_w=tau_w, ignore_index=ignore_index)
+        log_r = log_r - _log_prob_at_labels(
+            cos_vtp, labels, tau_w=tau_w, ignore_index=ignore_index, class_mask=class_mask
+        )
     elif mode != "otp":
         raise ValueError(f"unknown reliability mode {mode!r}")
     return log_r.exp().masked_fill(labels == ignore_index, 0.0)
@@ -233,19 +295,21 @@ def reliability(
     mode: str = "otp",
     tau_w: float = 0.07,
     ignore_index: int = 255,
+    class_mask: Tensor | None = None,
 ) -> Tensor:
     """Per-pixel reliability (B,H,W) float32, detached; 0 at ignored pixels.
 
     dense (B,D,h,w); labels (B,H,W) long; otp (K,D); vtp (B,K,D) or (K,D), needed for `ratio`. Class logits
-    `cos(z, t_k) / tau_w` at feature resolution are upsampled bilinearly to (H,W), soft-maxed over K and read at the
-    label: `otp` gives p_OTP[y], `ratio` gives p_OTP[y] / p_VTP[y] (computed in log space, so it cannot overflow
-    float32 for cosine logits).
+    `cos(z, t_k) / tau_w` at feature resolution are upsampled bilinearly to (H,W), soft-maxed over K (the classes
+    of `class_mask` (B,K) only, when given) and read at the label: `otp` gives p_OTP[y], `ratio` gives
+    p_OTP[y] / p_VTP[y] (computed in log space, so it cannot overflow float32 for cosine logits).
     """
     with torch.no_grad(), _float32(dense.device):
         cos_vtp = _cosine_maps(dense, vtp) if mode == "ratio" and vtp is not None else None
         return _reliability_from_cosines(
-            _cosine_maps(dense, otp), cos_vtp, labels, mode=mode, tau_w=tau_w, ignore_index=ignore_index
-        )
+            _cosine_maps(dense, otp), cos_vtp, labels, mode=mode, tau_w=tau_w, ignore_index=ignore_index,
+            class_mask=class_mask,
+        )  # fmt: skip
 
 
 def reliability_weights(r: Tensor, valid: Tensor, *, eta: float, w_min: float, w_max: float, ramp: float) -> Tensor:
@@ -273,25 +337,37 @@ def _vtp_otp_nce(vtp: Tensor, otp: Tensor, labels: Tensor, *, tau: float, ignore
     )
     valid = labels != ignore_index
     img = torch.arange(b, device=labels.device).view(b, 1, 1).expand_as(labels)
-    present = torch.bincount((img * k + labels.long())[valid], minlength=b * k)[: b * k] > 0
+    # Pixels per (b, k) pair, counted into a fixed-size tensor; ignored pixels go to an extra slot b*k, dropped.
+    pair = torch.where(valid, img * k + labels.long(), b * k).reshape(-1)
+    present = _counts(pair, b * k + 1)[: b * k] > 0
     present = torch.where(present.any(), present, torch.ones_like(present))
     return (per_pair * present).sum() / present.sum()
 
 
 def ppar_loss(
-    logits: Tensor, labels: Tensor, dense: Tensor, otp: Tensor, vtp: Tensor | None, *, cfg: LossConfig, progress: float
+    logits: Tensor,
+    labels: Tensor,
+    dense: Tensor,
+    otp: Tensor,
+    vtp: Tensor | None,
+    *,
+    cfg: LossConfig,
+    progress: float,
+    class_mask: Tensor | None = None,
 ) -> LossTerms:
     """The PPAR training loss at `progress` = step / total_steps.
 
     logits (B,K,H,W) at label size; labels (B,H,W) long; dense (B,D,h,w) image-encoder embeddings Z in the joint
     space; otp (K,D); vtp (B,K,D), or (K,D) for one global memory, or None when neither `progressive` alignment nor
-    `ratio` reweighting needs it. `total = seg + lambda_pa * pa`; gradients reach logits, dense and vtp, never the
-    weights. The OTP is a fixed anchor but is not detached here: freezing it is the model's job.
+    `ratio` reweighting needs it; class_mask (B,K) bool, the classes each image's source labels (None: all).
+    `total = seg + lambda_pa * pa`; gradients reach logits, dense and vtp, never the weights. The OTP is a fixed
+    anchor but is not detached here: freezing it is the model's job.
     """
     cfg.validate()
     beta, q, rho = schedule(progress, cfg)
     ign = cfg.ignore_index
     zero = logits.new_zeros((), dtype=torch.float32)
+    logits = _only_labelled(logits, class_mask)
     if cfg.method == "erm":
         seg = weighted_cross_entropy(logits, labels, None, ignore_index=ign)
         return LossTerms(seg, seg, zero, zero, zero + 1.0, zero, beta, q, rho, None)
@@ -318,6 +394,7 @@ def ppar_loss(
                         mode=cfg.reweight,
                         tau_w=cfg.tau_w,
                         ignore_index=ign,
+                        class_mask=class_mask,
                     )
                 weights = reliability_weights(r, valid, eta=cfg.eta, w_min=cfg.w_min, w_max=cfg.w_max, ramp=rho)
             else:  # warm-up: w = 1, no need to compute the reliability
@@ -328,26 +405,27 @@ def ppar_loss(
         pa, vo, aligned = zero, zero, zero
         if cfg.align != "none":
             small = _labels_at(labels, (h, w))
-            valid_small = small != ign
-            y = small[valid_small]
+            valid_small = small != ign  # (B,h,w): the feature pixels the alignment averages over
+            y = small.masked_fill(~valid_small, 0)  # a class index everywhere; ignored pixels have weight 0
+            n_valid = valid_small.sum()
             k = cos_otp.shape[1]
-            pix_otp = cos_otp.permute(0, 2, 3, 1)[valid_small]  # (N,K) cosines of valid feature pixels
             if cfg.align == "direct":
-                pa = _nce_from_cosines(pix_otp, y, tau=cfg.tau)
-                aligned = (zero + 1.0) if y.numel() > 0 else zero
+                pa = _nce_over(_only_labelled(cos_otp, class_mask), y, valid_small, tau=cfg.tau)
+                aligned = (n_valid > 0).float()
             else:
                 assert vtp is not None and cos_vtp is not None
                 with torch.no_grad():
-                    difficulty = 1.0 - pix_otp.gather(1, y[:, None])[:, 0]
-                    keep = easiest_per_class_mask(difficulty, y, q, k)
-                aligned = keep.float().sum() / max(y.numel(), 1)
+                    difficulty = 1.0 - cos_otp.gather(1, y[:, None])[:, 0]  # d_i = 1 - cos(z_i, t_{y_i}), (B,h,w)
+                    keep = easiest_per_class_mask(
+                        difficulty.reshape(-1), y.reshape(-1), q, k, valid=valid_small.reshape(-1)
+                    ).view_as(y)
+                aligned = keep.float().sum() / n_valid.clamp_min(1)
                 vo = _vtp_otp_nce(vtp, otp, labels, tau=cfg.tau, ignore_index=ign)
                 pa = cfg.lambda_vo * vo
                 # A term whose coefficient is 0 is skipped, not multiplied by 0: it would cost a (N,K) softmax.
                 if beta < 1.0:
-                    pix_vtp = cos_vtp.permute(0, 2, 3, 1)[valid_small]
-                    pa = pa + (1.0 - beta) * _nce_from_cosines(pix_vtp, y, tau=cfg.tau)
+                    pa = pa + (1.0 - beta) * _nce_over(_only_labelled(cos_vtp, class_mask), y, valid_small, tau=cfg.tau)
                 if beta > 0.0:
-                    pa = pa + beta * _nce_from_cosines(pix_otp[keep], y[keep], tau=cfg.tau)
+                    pa = pa + beta * _nce_over(_only_labelled(cos_otp, class_mask), y, keep, tau=cfg.tau)
         total = seg + cfg.lambda_pa * pa
     return LossTerms(total, seg, pa, vo, mean_weight, aligned, beta, q, rho, weights)

@@ -7,6 +7,8 @@ the host-device bus (a quarter of the bytes of float32) and become float where t
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -20,9 +22,17 @@ def normalize(pixels: Tensor) -> Tensor:
     """(B,3,H,W) uint8 RGB on any device -> (B,3,H,W) float32 `(x/255 - mean) / std` on the same device."""
     if pixels.dim() != 4 or pixels.shape[1] != 3:
         raise ValueError(f"expected (B,3,H,W) pixels, got {tuple(pixels.shape)}")
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1) * 255.0
+    mean, std = _scale(pixels.device)
     return (pixels.float() - mean) / std
+
+
+@lru_cache(maxsize=8)
+def _scale(device: torch.device) -> tuple[Tensor, Tensor]:
+    """(1,3,1,1) mean and std on the 0-255 scale, made once per device: a host-to-device copy waits for the device,
+    so the training step must not make one per batch."""
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+    return mean, std
 
 
 def image_to_tensor(image: np.ndarray, *, device: torch.device | str) -> Tensor:

@@ -22,14 +22,15 @@ HIGH_WEIGHT = 2.0  # and "up-weighted" above this
 BUFFER_PREFIX = "weight_"
 
 
-def hist_edges(w_max: float) -> Tensor:
+def hist_edges(w_max: float, *, device: torch.device | str = "cpu") -> Tensor:
     """Bin edges (NUM_BINS + 1,) float64, uniform over [0, w_max]; the last bin is closed (w == w_max falls in it).
 
     Built as `i * (w_max / NUM_BINS)` with the last edge set to w_max exactly, the same arithmetic as
-    `numpy.linspace`, so our bins and `numpy.histogram(range=(0, w_max))` agree to the last bit.
+    `numpy.linspace`, so our bins and `numpy.histogram(range=(0, w_max))` agree to the last bit. Made on `device`
+    directly: a copy from the host would be a blocking host->device transfer in every training step.
     """
-    edges = torch.arange(NUM_BINS + 1, dtype=torch.float64) * (float(w_max) / NUM_BINS)
-    edges[-1] = float(w_max)
+    edges = torch.arange(NUM_BINS + 1, dtype=torch.float64, device=device) * (float(w_max) / NUM_BINS)
+    edges[-1:].fill_(float(w_max))  # fill_ takes the number as a kernel argument: no host tensor to copy
     return edges
 
 
@@ -75,7 +76,7 @@ class WeightStats:
         return int(self.hist.shape[0])
 
     def update(self, weights: Tensor, labels: Tensor, *, w_max: float, ignore_index: int = 255) -> None:
-        """Add one batch of applied weights, in place; vectorised (bincount, no host sync).
+        """Add one batch of applied weights, in place; vectorised, fixed shapes, no host sync.
 
         weights (B,H,W) float; labels (B,H,W) long. Only pixels with a label in [0, K) count (so `ignore_index` and
         any stray value are skipped). Weights above w_max (possible only when w_max < 1) go to the last bin.
@@ -84,16 +85,24 @@ class WeightStats:
         w = weights.detach().reshape(-1).to(device=device, dtype=torch.float64)
         y = labels.detach().reshape(-1).to(device=device, dtype=torch.long)
         keep = (y != ignore_index) & (y >= 0) & (y < num_classes)
-        w, y = w[keep], y[keep]
-        edges = hist_edges(w_max).to(device)
+        # The skipped pixels are not removed (a boolean selection waits for the device to count them): they are added
+        # into an extra class row K, dropped at the end. index_add_ into (K+1, ...) replaces bincount, whose output
+        # size is the largest label, read back to the host on CUDA.
+        row = torch.where(keep, y, num_classes)
+        edges = hist_edges(w_max, device=device)
         # bucketize(right=True) - 1 puts w in bin i when edges[i] <= w < edges[i+1]; clamping closes the last bin.
         bins = (torch.bucketize(w, edges, right=True) - 1).clamp_(0, NUM_BINS - 1)
-        size = num_classes * NUM_BINS
-        self.hist += torch.bincount(y * NUM_BINS + bins, minlength=size)[:size].view(num_classes, NUM_BINS)
-        self.sum += torch.bincount(y, weights=w, minlength=num_classes)
-        self.count += torch.bincount(y, minlength=num_classes)
-        self.low += torch.bincount(y, weights=(w < LOW_WEIGHT).double(), minlength=num_classes)
-        self.high += torch.bincount(y, weights=(w > HIGH_WEIGHT).double(), minlength=num_classes)
+        ones = torch.ones_like(w)
+        hist = torch.zeros((num_classes + 1) * NUM_BINS, dtype=torch.float64, device=device)
+        hist.index_add_(0, row * NUM_BINS + bins, ones)
+        # Per class: pixels, summed weights, low and high counts, one column each, added in one pass.
+        per_pixel = torch.stack([ones, w, (w < LOW_WEIGHT).double(), (w > HIGH_WEIGHT).double()], dim=1)
+        per_class = torch.zeros(num_classes + 1, 4, dtype=torch.float64, device=device).index_add_(0, row, per_pixel)
+        self.hist += hist[: num_classes * NUM_BINS].view(num_classes, NUM_BINS)
+        self.count += per_class[:num_classes, 0]
+        self.sum += per_class[:num_classes, 1]
+        self.low += per_class[:num_classes, 2]
+        self.high += per_class[:num_classes, 3]
 
     def add_(self, other: WeightStats) -> None:
         """Add `other`'s counts into these, in place (both on one device)."""

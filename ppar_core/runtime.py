@@ -154,6 +154,17 @@ def default_workers() -> int:
     return max(0, min(MAX_WORKERS, usable - 1))
 
 
-def worker_init(worker_id: int) -> None:
-    """Each DataLoader worker decodes and augments on one core: OpenCV's own threads would oversubscribe them."""
+@contextlib.contextmanager
+def one_opencv_thread() -> Iterator[None]:
+    """OpenCV on one thread while the block runs: start DataLoader workers inside it.
+
+    Each worker then decodes and augments on one core (OpenCV's own threads would oversubscribe the cores the
+    workers share), having inherited the setting when it was forked. Setting it in the worker instead deadlocks:
+    a forked child holds the parent's OpenCV thread pool without its threads, and stopping that pool waits forever.
+    """
+    previous = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)

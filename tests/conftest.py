@@ -57,6 +57,7 @@ def tiny_train_config(data_root: Path, out: Path, **changes: Any) -> Any:
             "targets": ["synth-real"],
             "augment": {"crop_size": [64, 128], "scale_range": [1.0, 1.0]},
             "eval_max_images": 2,
+            "workers": 0,  # in-process: a worker process per tiny test run costs more than it saves
         },
         "optim": {"warmup_iters": 1},
     }

@@ -226,3 +226,16 @@ def test_checkpoint_without_statistics_is_a_clear_error(tiny_run, tmp_path: Path
     save_checkpoint(path, tensors=tensors, config=ck.config, step=ck.step)
     with pytest.raises(PparError, match=r"old\.safetensors has no reliability statistics"):
         load_weight_stats(path)
+
+
+def test_overall_weights_are_the_pixel_weighted_means_of_the_classes() -> None:
+    from ppar_core.analysis.report import WeightReport
+
+    classes = {
+        "road": {"mean": 1.5, "low_fraction": 0.0, "high_fraction": 0.5, "pixels": 30, "hist": []},
+        "car": {"mean": 0.5, "low_fraction": 0.4, "high_fraction": 0.0, "pixels": 10, "hist": []},
+        "bus": {"mean": None, "low_fraction": 0.0, "high_fraction": 0.0, "pixels": 0, "hist": []},
+    }
+    report = WeightReport("data", ["gta5"], Path("x"), 1, "ppar", "otp", True, "otp", 3.0, classes)
+    # mean (1.5*30 + 0.5*10) / 40 = 1.25; below 0.5: 4 of 40 pixels; above 2: 15 of 40.
+    assert report.overall() == {"mean": 1.25, "low_fraction": 0.1, "high_fraction": 0.375}

@@ -84,3 +84,26 @@ def test_onnx_benchmark_runs_and_prints_its_ratio_line(tmp_path: Path) -> None:
     assert re.fullmatch(r"onnx ratio time=\d+\.\d+ agreement=(0|1)\.\d+", last), last
     results = json.loads((tmp_path / "onnx.json").read_text())
     assert results["export"]["size_bytes"] > 0 and results["agreement"] == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_data_pipeline_benchmark_runs_and_prints_its_ratio_line(tmp_path: Path) -> None:
+    args = [
+        sys.executable, str(ROOT / "bench" / "data_pipeline.py"), "--frames", "2", "--size", "96x160", "--samples",
+        "2", "--repeats", "1", "--workers", "1", "--json", str(tmp_path / "data.json"),
+    ]  # fmt: skip
+    last = _last_line(args)
+    assert re.fullmatch(r"data ratio prepared=\d+\.\d+ original=\d+\.\d+", last), last
+    results = json.loads((tmp_path / "data.json").read_text())
+    assert set(results["samples_per_s_one_core"]) == {"v0.1", "original", "png", "jpeg"}
+    assert results["png_bytes_per_frame"] > results["jpeg_bytes_per_frame"] > 0
+
+
+@pytest.mark.slow
+def test_eval_speed_benchmark_runs_and_says_both_loops_agree(tmp_path: Path) -> None:
+    args = [
+        sys.executable, str(ROOT / "bench" / "eval_speed.py"), "--images", "2", "--size", "64x128", "--repeats", "1",
+        "--json", str(tmp_path / "eval.json"),
+    ]  # fmt: skip
+    last = _last_line(args)
+    assert re.fullmatch(r"eval ratio time=\d+\.\d+ miou_equal=True", last), last

@@ -27,7 +27,7 @@ def none_run(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path
 
 
 def _check_schema(obj: dict, *, source: str) -> None:
-    assert set(obj) == {"source", "classes", "images"} and obj["source"] == source
+    assert set(obj) == {"source", "sources", "classes", "images"} and obj["source"] == source
     assert list(obj["classes"]) == list(CLASS_NAMES)
     for entry in obj["classes"].values():
         assert set(entry) == CLASS_KEYS
@@ -117,6 +117,7 @@ def test_compare_two_runs(cli: Callable, tiny_run, none_run: Path) -> None:
         (["{ckpt}", "--data", "synth-source", "--num", "0"], "--num must be at least 1"),
         (["{ckpt}", "--data", "synth-source", "--resize", "huge"], "--resize 'huge'"),
         (["{ckpt}", "{root}"], "images"),  # the data root itself has no images/ and labels/
+        (["{ckpt}", "--by-source", "--data", "synth-source"], "--by-source reads the run's own sources"),
     ],
 )
 def test_errors_are_one_line(cli: Callable, tiny_run, args: list[str], message: str) -> None:
@@ -125,3 +126,26 @@ def test_errors_are_one_line(cli: Callable, tiny_run, args: list[str], message: 
     assert result.code == 1 and result.out == ""
     assert result.err.startswith("error: ") and message in result.err
     assert result.err.strip().count("\n") == 0 and "Traceback" not in result.err
+
+
+def test_by_source_equals_each_source_analysed_on_its_own(cli: Callable, synth_root: Path, tmp_path: Path) -> None:
+    from conftest import tiny_train_config
+
+    from ppar_core.engine.train import train
+
+    sources = ["synth-source", "synth-night"]
+    cfg = tiny_train_config(synth_root, tmp_path / "run", iters=1, data={"targets": [], "source": sources})
+    checkpoint = train(cfg).checkpoint
+    result = cli("analyze-weights", checkpoint, "--by-source", "--num", "2", "--device", "cpu", "--json")
+    assert result.code == 0, result.err
+    per_source = json.loads(result.out)["by_source"]
+    assert list(per_source) == sources
+    for spec, report in per_source.items():
+        _check_schema(report, source="data")
+        assert report["sources"] == sources
+        assert all(Path(i["file"]).parent == synth_root / spec / "images" for i in report["images"])
+        alone = cli("analyze-weights", checkpoint, "--data", spec, "--num", "2", "--device", "cpu", "--json")
+        assert json.loads(alone.out) == report  # the same analysis, one source at a time
+    table = cli("analyze-weights", checkpoint, "--by-source", "--num", "2", "--device", "cpu")
+    assert table.code == 0 and "Weights per training source" in table.out
+    assert "trained on synth-source + synth-night" in table.out

@@ -82,20 +82,47 @@ def test_demo_rejects_unknown_baseline(cli, tmp_path: Path) -> None:
     assert result.code == 1 and "--compare erm" in result.err
 
 
+def test_demo_refuses_a_folder_that_is_not_a_demo_folder(cli, tmp_path: Path) -> None:
+    (tmp_path / "ppar").mkdir()
+    (tmp_path / "ppar" / "last.safetensors").write_text("a run of the user's")
+    result = cli("demo", "--out", tmp_path, "--prior", "none", "--iters", "1")
+    assert result.code == 1 and ".ppar-demo" in result.err and "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert (tmp_path / "ppar" / "last.safetensors").read_text() == "a run of the user's"
+    assert not (tmp_path / ".ppar-demo").exists()
+
+
+def _small_prior(path: Path) -> Path:
+    """A prior pretrained in about a second (2 steps on a pool of 4 small scenes): the demo's plumbing, not its
+    figures."""
+    from ppar_core.clip.pairs import PairsConfig
+    from ppar_core.clip.pretrain import PretrainConfig, pretrain
+
+    pairs = PairsConfig(
+        render_size=(64, 128), scene_size=(64, 128), region_size=32, region_side=(16, 48), pool_size=4,
+        refresh_per_step=1, scenes_per_step=4, regions_per_step=4, rois_per_scene=2, roi_side=(16, 32),
+    )  # fmt: skip
+    return pretrain(PretrainConfig(steps=2, warmup_steps=1, pairs=pairs), path).path
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_with_comparison(cli, tmp_path: Path) -> None:
-    result = cli("demo", "--out", tmp_path, "--iters", "3", "--compare", "erm")
+    prior = _small_prior(tmp_path / "prior.safetensors")
+    out = tmp_path / "demo"
+    result = cli("demo", "--out", out, "--iters", "3", "--compare", "erm", "--prior", prior)
     assert result.code == 0, result.err
-    for column in ("ppar", "erm", "synth-real", "synth-night", "synth-fog", "mean"):
+    for column in ("ppar", "erm", "synth-real", "synth-night", "synth-fog", "mean", "Zero-shot"):
         assert column in result.out
+    assert (out / ".ppar-demo").is_file()
     for method in ("ppar", "erm"):
-        report = json.loads((tmp_path / method / "eval.json").read_text())
+        report = json.loads((out / method / "eval.json").read_text())
         assert set(report["targets"]) == {"synth-real", "synth-night", "synth-fog"}
         assert all(t["images"] == 40 for t in report["targets"].values())
-    overlays = sorted((tmp_path / "overlays").glob("*.png"))
+        assert json.loads((out / method / "config.json").read_text())["model"]["pretrained"] == str(prior)
+    overlays = sorted((out / "overlays").glob("*.png"))
     assert len(overlays) == 6 and all(p.stat().st_size > 1000 for p in overlays)
-    # A second run reuses the data and the prototypes, and replaces the runs.
-    before = (tmp_path / "prototypes.safetensors").stat().st_mtime_ns
-    assert cli("demo", "--out", tmp_path, "--iters", "2").code == 0
-    assert (tmp_path / "prototypes.safetensors").stat().st_mtime_ns == before
-    assert json.loads((tmp_path / "ppar" / "eval.json").read_text())["protocol"]["step"] == 2
+    # A second run reuses the data and the prototypes (built with the prior), and replaces the runs.
+    before = (out / "prototypes.safetensors").stat().st_mtime_ns
+    assert cli("demo", "--out", out, "--iters", "2", "--prior", prior, "--no-check").code == 0
+    assert (out / "prototypes.safetensors").stat().st_mtime_ns == before
+    assert json.loads((out / "ppar" / "eval.json").read_text())["protocol"]["step"] == 2

@@ -26,12 +26,12 @@ from typer.testing import CliRunner
 from ppar_cli import export as export_cli
 from ppar_core.errors import PparError
 from ppar_core.export import export_onnx
-from ppar_core.onnx_parity import MIN_AGREEMENT, TOLERANCE
 from ppar_core.files import file_sha256
 from ppar_core.imageio import read_user_image
 from ppar_core.labels import CLASS_NAMES, PALETTE
 from ppar_core.loading import load_segmentor
 from ppar_core.normalize import CLIP_MEAN, CLIP_STD
+from ppar_core.onnx_parity import MIN_AGREEMENT, TOLERANCE
 from ppar_core.onnx_predict import OnnxMetadata, OnnxPredictor, read_onnx_metadata
 from ppar_core.predict import Predictor, collect_inputs, predict_files
 from ppar_core.protocol import InferenceConfig

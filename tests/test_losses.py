@@ -413,3 +413,55 @@ def test_config_validate_names_the_field(field: str, value: object) -> None:
     LossConfig().validate()
     with pytest.raises(PparError, match=field):
         replace(LossConfig(), **{field: value}).validate()
+
+
+# --- fixed shapes: the masked formulas equal the selections they replace ----------------------------------------------
+
+
+def test_easiest_per_class_mask_with_invalid_pixels_keeps_what_the_valid_pixels_alone_would() -> None:
+    g = torch.Generator().manual_seed(21)
+    labels, difficulty = torch.randint(0, 5, (300,), generator=g), torch.rand(300, generator=g)
+    difficulty[::7] = difficulty[3]  # ties: the lower index wins, among the valid pixels as without the others
+    valid = torch.rand(300, generator=g) > 0.3
+    for q in (0.0, 0.2, 0.37, 0.86, 1.0):
+        keep = easiest_per_class_mask(difficulty, labels, q, 5, valid=valid)
+        alone = easiest_per_class_mask(difficulty[valid], labels[valid], q, 5)
+        assert torch.equal(keep[valid], alone) and not keep[~valid].any()
+    assert not easiest_per_class_mask(difficulty, labels, 0.5, 5, valid=torch.zeros(300, dtype=torch.bool)).any()
+
+
+@pytest.mark.parametrize("align", ["direct", "progressive"])
+@pytest.mark.parametrize("progress", [0.0, 0.25, 0.6])
+def test_alignment_values_and_gradients_match_the_selected_pixel_reference(align: str, progress: float) -> None:
+    logits, labels, dense, otp, vtp = _batch(19, ignore_frac=0.4)
+    cfg = LossConfig(align=align, reweight="none")
+    terms = ppar_loss(logits, labels, dense, otp, vtp, cfg=cfg, progress=progress)
+    grads = torch.autograd.grad(terms.pa, (dense, vtp), allow_unused=True)
+    if align == "direct":
+        feats, y, _ = features_to_pixels(dense, labels, None)
+        pa = pixel_prototype_nce(feats, y, otp, tau=cfg.tau)
+        frac = torch.tensor(1.0)
+    else:
+        beta, q, _ = schedule(progress, cfg)
+        pa, _, frac = _pa_reference(dense, labels, otp, vtp, cfg, beta, q)
+    ref_grads = torch.autograd.grad(pa, (dense, vtp), allow_unused=True)
+    assert torch.allclose(terms.pa, pa, rtol=1e-6, atol=1e-6)
+    assert terms.aligned_fraction.item() == pytest.approx(frac.item(), rel=1e-6)
+    for got, ref in zip(grads, ref_grads, strict=True):
+        if ref is None:
+            assert got is None or torch.count_nonzero(got) == 0
+        else:
+            assert got is not None and torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_logged_terms_stack_on_the_device_and_read_as_before() -> None:
+    logits, labels, dense, otp, vtp = _batch(20)
+    terms = ppar_loss(logits, labels, dense, otp, vtp, cfg=LossConfig(), progress=0.3)
+    stacked = terms.stacked()
+    assert stacked.dtype == torch.float32 and stacked.shape == (6,) and not stacked.requires_grad
+    floats = terms.as_floats()
+    assert list(floats) == ["total", "seg", "pa", "vo", "mean_weight", "aligned_fraction", "beta", "q", "weight_ramp"]
+    for name in ("total", "seg", "pa", "vo", "mean_weight", "aligned_fraction"):
+        assert floats[name] == getattr(terms, name).item()
+    for name in ("beta", "q", "weight_ramp"):  # rounded to float32, as the log has always shown them
+        assert floats[name] == torch.tensor(getattr(terms, name)).item()

@@ -46,7 +46,7 @@ def png_copy(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _samples(spec: str, count: int = 2 * NUM) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
+def _samples(spec: str, count: int = 2 * NUM) -> list[tuple[torch.Tensor, torch.Tensor, str, int]]:
     samples = TrainSamples(build_dataset(spec), AUGMENT, seed=7)
     return [samples[k] for k in range(count)]
 
@@ -57,7 +57,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 def test_png_copy_gives_bit_identical_training_samples(source: Path, png_copy: Path) -> None:
     original, prepared = _samples(f"gta5={source}"), _samples(f"gta5={png_copy}")
-    for (image_a, label_a, bad_a), (image_b, label_b, bad_b) in zip(original, prepared, strict=True):
+    for (image_a, label_a, bad_a, _), (image_b, label_b, bad_b, _) in zip(original, prepared, strict=True):
         assert torch.equal(image_a, image_b) and torch.equal(label_a, label_b) and bad_a == bad_b == ""
     dataset = build_dataset(f"gta5={png_copy}")
     assert dataset.name == "gta5" and dataset.sample_name(0) == "synth_00000"
@@ -80,7 +80,7 @@ def test_jpeg_copy_is_marked_lossy_and_its_samples_are_close_not_equal(
     assert build_dataset(f"gta5={out}").prepared["lossy"] is True  # type: ignore[index]
     original, prepared = _samples(f"gta5={source}"), _samples(f"gta5={out}")
     differences = []
-    for (image_a, label_a, _), (image_b, label_b, _) in zip(original, prepared, strict=True):
+    for (image_a, label_a, *_), (image_b, label_b, *_) in zip(original, prepared, strict=True):
         assert torch.equal(label_a, label_b)  # labels stay lossless PNG, so the crops are the same
         differences.append((image_a.float() - image_b.float()).abs().mean().item())
     assert max(differences) > 0 and np.mean(differences) < 6
@@ -247,6 +247,6 @@ def test_a_run_on_a_prepared_copy_records_it(source: Path, png_copy: Path, tmp_p
     )
     result = train(cfg)
     manifest = json.loads((png_copy / MANIFEST_NAME).read_text())
-    recorded = load_checkpoint(result.checkpoint).meta["prepared_copies"]["source"]
+    recorded = load_checkpoint(result.checkpoint).meta["prepared_copies"]["sources"][f"gta5={png_copy}"]
     assert recorded["manifest_sha256"] == manifest_digest(manifest) and recorded["lossy"] is False
-    assert result.report is not None and result.report["prepared_copies"]["source"] == recorded
+    assert result.report is not None and result.report["prepared_copies"]["sources"][f"gta5={png_copy}"] == recorded

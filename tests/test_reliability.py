@@ -97,3 +97,24 @@ def test_add_and_all_reduce_sum_every_field() -> None:
     for name in ("hist", "sum", "count", "low", "high"):
         assert torch.allclose(getattr(total, name), getattr(both, name))
         assert torch.allclose(getattr(pooled, name), getattr(both, name))
+
+
+def test_update_skips_ignored_and_stray_labels_like_numpy() -> None:
+    g = torch.Generator().manual_seed(7)
+    weights = torch.rand(2, 8, 8, generator=g) * W_MAX
+    labels = torch.randint(0, K, (2, 8, 8), generator=g)
+    labels[0, 0, :3] = torch.tensor([255, 7, -1])  # ignored, beyond K, negative: none of them counts
+    stats = WeightStats.zeros(K)
+    stats.update(weights, labels, w_max=W_MAX)
+    w, y = weights.numpy().ravel().astype(np.float64), labels.numpy().ravel()
+    for k in range(K):
+        ref, _ = np.histogram(w[y == k], bins=NUM_BINS, range=(0.0, W_MAX))
+        assert np.array_equal(stats.hist[k].numpy(), ref) and stats.count[k].item() == (y == k).sum()
+        assert stats.sum[k].item() == pytest.approx(w[y == k].sum(), rel=1e-12)
+    assert stats.count.sum().item() == ((y >= 0) & (y < K)).sum()
+
+
+def test_hist_edges_are_made_on_the_device_asked_for() -> None:
+    assert torch.equal(hist_edges(2.7, device="cpu"), hist_edges(2.7))
+    on_meta = hist_edges(2.7, device="meta")  # made there, not copied from the host (which "meta" could not do)
+    assert on_meta.device.type == "meta" and on_meta.shape == (NUM_BINS + 1,)

@@ -147,6 +147,7 @@ def test_progressive_schedule_ramps_in_the_logs(synth_root: Path, tmp_path: Path
         assert r["weight_ramp"] == pytest.approx(expected_ramp, abs=1e-6)
         if expected_ramp == 0.0:
             assert r["mean_weight"] == 1.0  # warm-up: w = 1
+        assert 0.0 < r["data_wait"] <= 1.0  # in-process loading (workers 0): every step waits for its samples
 
 
 def test_gradients_reach_every_trainable_parameter(synth_root: Path) -> None:
@@ -205,7 +206,7 @@ def test_resume_after_ctrl_c_equals_uninterrupted(synth_root: Path, tmp_path: Pa
     for name in a:
         assert torch.equal(a[name], b[name]), name
     # The resumed log repeats no step and matches the uninterrupted one line for line (but timing).
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "img_per_s"} for r in rs]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("img_per_s", "data_wait")} for r in rs]  # noqa: E731
     assert strip(_records(tmp_path / "full")) == strip(_records(tmp_path / "part"))
 
 

@@ -66,7 +66,7 @@ def test_the_three_commands_as_written(cli: Callable[..., Any], workdir: Path) -
     report = json.loads((run / "eval.json").read_text())
     assert list(report["targets"]) == ["cityscapes", "bdd100k"]  # the alias became the dataset's name
     config = json.loads((run / "config.json").read_text())
-    assert config["data"]["source"] == "gta5" and config["data"]["targets"] == ["cityscapes", "bdd"]
+    assert config["data"]["source"] == ["gta5"] and config["data"]["targets"] == ["cityscapes", "bdd"]
     for line in ("model", "steps", "source", "targets", "workers", "device"):
         assert any(row.strip().startswith(line) for row in result.err.splitlines()), line  # the plan, at start
 

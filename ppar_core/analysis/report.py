@@ -41,6 +41,7 @@ class WeightReport:
     """The result of one analysis; `to_dict()` is the JSON object of `ppar analyze-weights --json`."""
 
     source: str  # "checkpoint" or "data"
+    sources: list[str]  # the run's training sources (data.source)
     checkpoint: Path
     step: int  # the checkpoint's training step
     method: str  # the run's loss.method
@@ -57,6 +58,7 @@ class WeightReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
+            "sources": self.sources,
             "classes": self.classes,
             "images": [image.to_dict() for image in self.images],
         }
@@ -64,3 +66,14 @@ class WeightReport:
     @property
     def total_pixels(self) -> int:
         return sum(int(entry["pixels"]) for entry in self.classes.values())
+
+    def overall(self) -> dict[str, float | None]:
+        """Mean weight and the shares below LOW / above HIGH over all classes' pixels (None with no pixel)."""
+        pixels = self.total_pixels
+        if pixels == 0:
+            return {"mean": None, "low_fraction": None, "high_fraction": None}
+        entries = [e for e in self.classes.values() if e["pixels"]]
+        return {
+            key: sum(float(e[key]) * int(e["pixels"]) for e in entries) / pixels
+            for key in ("mean", "low_fraction", "high_fraction")
+        }

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from ppar_core.analysis.plots import write_class_plots, write_weight_overlay
 from ppar_core.analysis.report import PLOTS_HINT, ImageWeights, StepSchedule, WeightReport
 from ppar_core.data import build_dataset
 from ppar_core.data.base import spread_indices
+from ppar_core.data.registry import parse_spec, source_class_table
 from ppar_core.data.transforms import pad_to
 from ppar_core.data.transforms import resize as resize_pair
 from ppar_core.errors import PparError
@@ -55,7 +57,7 @@ class AnalysisConfig:
     data: str | None = None  # dataset spec NAME or NAME=PATH; your own images: folder=PATH (images/, labels/)
     split: str = "train"  # the split the images come from (the source domain's training split by default)
     num_images: int = 8  # images analysed, evenly spaced over the split (all of them when it has fewer)
-    data_root: str | None = None  # default $PPAR_DATA
+    data_root: str | None = None  # default: the run's data.data_root, else $PPAR_DATA
     id_map: str = "trainid"  # label encoding of `folder` datasets: trainid, labelid or a JSON file
     resize: str = "train"  # "train" (the run's data.augment.resize), "none", or "HxW" (e.g. 720x1280)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -108,6 +110,7 @@ def load_weight_stats(path: str | Path) -> WeightReport:
     classes = WeightStats.from_buffers(checkpoint.tensors).summarize(CLASS_NAMES, w_max=cfg.loss.w_max)
     return WeightReport(
         source="checkpoint",
+        sources=list(cfg.data.source),
         checkpoint=path,
         step=checkpoint.step,
         method=cfg.loss.method,
@@ -120,12 +123,16 @@ def load_weight_stats(path: str | Path) -> WeightReport:
     )
 
 
-def weight_maps(model: Any, images: Tensor, labels: Tensor, *, loss: LossConfig) -> tuple[Tensor, Tensor]:
+def weight_maps(
+    model: Any, images: Tensor, labels: Tensor, *, loss: LossConfig, class_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The loss's own per-pixel weights for a batch, fully ramped in -> (weights, reliability), (B,H,W) float32.
 
     model: a `PPARSegmentor` in eval mode; images (B,3,H,W) float CLIP-normalised, H and W multiples of the stride;
-    labels (B,H,W) long, 255 ignored. `loss.reweight` must be `otp` or `ratio`. Weights and reliability are 0 at
-    ignored pixels; the mean normalisation runs over the whole batch, as in `ppar_loss`.
+    labels (B,H,W) long, 255 ignored; class_mask (B,K) bool, the classes the images' source labels, as the loss of
+    a run on sources that label different classes used it (None: all). `loss.reweight` must be `otp` or `ratio`.
+    Weights and reliability are 0 at ignored pixels; the mean normalisation runs over the whole batch, as in
+    `ppar_loss`.
     """
     if loss.reweight not in ("otp", "ratio"):
         raise ValueError(f"weight maps need reweight 'otp' or 'ratio', got {loss.reweight!r}")
@@ -140,6 +147,7 @@ def weight_maps(model: Any, images: Tensor, labels: Tensor, *, loss: LossConfig)
         mode=loss.reweight,
         tau_w=loss.tau_w,
         ignore_index=loss.ignore_index,
+        class_mask=class_mask,
     )
     valid = labels != loss.ignore_index
     weights = reliability_weights(r, valid, eta=loss.eta, w_min=loss.w_min, w_max=loss.w_max, ramp=1.0)
@@ -207,12 +215,14 @@ def analyze_images(
     path = Path(path)
     if config.data is None:
         raise PparError("No images to analyse: pass --data DATASET or a folder with images/ and labels/.")
-    dataset = build_dataset(config.data, split=config.split, data_root=config.data_root, id_map=config.id_map)
     model, cfg, checkpoint = load_segmentor(path, device=resolve_device(config.device))
+    data_root = config.data_root or cfg.data.data_root  # the run's own data root unless told otherwise
+    dataset = build_dataset(config.data, split=config.split, data_root=data_root, id_map=config.id_map)
     loss, applied = analysis_loss_config(cfg.loss)
     resize = parse_resize(config.resize, run_resize=cfg.data.augment.resize)
     device = next(model.parameters()).device
     stride = int(model.encoder.stride)
+    class_mask = _training_class_mask(cfg.data.source, config.data, device)
 
     stats = WeightStats.zeros(len(CLASS_NAMES))
     images: list[ImageWeights] = []
@@ -222,7 +232,7 @@ def analyze_images(
         image, label, (height, width) = prepare_pair(sample.image, sample.label, stride=stride, resize=resize)
         batch = image_to_tensor(image, device=device)
         labels = torch.from_numpy(label.astype(np.int64))[None].to(device)
-        weights, _ = weight_maps(model, batch, labels, loss=loss)
+        weights, _ = weight_maps(model, batch, labels, loss=loss, class_mask=class_mask)
         w = weights[0, :height, :width].float().cpu()
         y = labels[0, :height, :width].cpu()
         # The trainer's own accumulator, so bins and counts mean exactly what the checkpoint statistics mean.
@@ -241,6 +251,7 @@ def analyze_images(
     files = [Path(out) / "images" / f"{item.name}.png" for item in images] if out is not None else []
     return WeightReport(
         source="data",
+        sources=list(cfg.data.source),
         checkpoint=path,
         step=checkpoint.step,
         method=cfg.loss.method,
@@ -252,6 +263,35 @@ def analyze_images(
         images=images,
         files=files,
     )
+
+
+def _training_class_mask(sources: Sequence[str], spec: str, device: torch.device) -> Tensor | None:
+    """(1, K) bool: the classes training's loss let `spec`'s images use, when `spec` is one of the run's `sources`
+    and those label different classes (`source_class_table`); None otherwise (all classes, as in training)."""
+    table = source_class_table(sources, len(CLASS_NAMES))
+    if table is None or spec not in sources:
+        return None
+    return torch.from_numpy(table[list(sources).index(spec)][None]).to(device)
+
+
+def analyze_by_source(
+    path: str | Path,
+    *,
+    config: AnalysisConfig | None = None,
+    out: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, WeightReport]:
+    """Weights computed afresh on `config.num_images` images of each of the run's training sources -> {spec:
+    report}: which source's pixels the reliability trusted less. Each source is read from its training split;
+    `out/<n>-<name>/` gets each source's PNGs."""
+    config = (config or AnalysisConfig()).validate()
+    cfg, _ = read_run_config(Path(path))
+    reports: dict[str, WeightReport] = {}
+    for number, spec in enumerate(cfg.data.source):
+        one = replace(config, data=spec, split=cfg.data.source_split)
+        where = None if out is None else Path(out) / f"{number}-{parse_spec(spec)[0]}"
+        reports[spec] = analyze_weights(path, config=one, out=where, progress=progress)
+    return reports
 
 
 def analyze_weights(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 import ppar_core.labels as labels
 from ppar_core.data.base import SegDataset
@@ -186,6 +188,20 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     if not name or (sep and not path.strip()):
         raise PparError(f"Dataset argument {spec!r} is malformed: write NAME or NAME=PATH, e.g. gta5=/data/gta5.")
     return canonical_name(name), Path(path.strip()).expanduser() if sep else None
+
+
+def source_class_table(specs: Sequence[str], num_classes: int) -> np.ndarray | None:
+    """(S, K) bool, row s the classes the dataset `specs[s]` labels; None when every one labels the same classes.
+
+    For training on several sources: the loss leaves out, per image, the classes its source never labels (SYNTHIA's
+    16 of 19 next to GTA5's 19). None covers one source (SYNTHIA alone keeps its plain 19-way loss) and mixes of
+    full-label sources, so those runs are bit-identical to a run without the table.
+    """
+    table = np.zeros((len(specs), num_classes), dtype=bool)
+    for row, spec in zip(table, specs, strict=True):
+        classes = dataset_info(parse_spec(spec)[0]).classes
+        row[list(classes) if classes is not None else slice(None)] = True
+    return None if len(table) == 0 or bool((table == table[0]).all()) else table
 
 
 def resolve_root(name: str, path: Path | None, data_root: str | Path | None) -> Path:

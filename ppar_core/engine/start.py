@@ -36,7 +36,8 @@ def plan(cfg: TrainConfig, dist: DistContext, *, resume_step: int | None) -> dic
         + (f" x {cfg.optim.accum_steps} accumulated" if cfg.optim.accum_steps > 1 else "")
         + (f" x {dist.world_size} processes" if dist.world_size > 1 else "")
         + f"), crop {crop_h}x{crop_w} (HxW)",
-        "source": cfg.data.source,
+        "source": " + ".join(cfg.data.source)
+        + (f" ({cfg.data.source_sampling} sampling)" if len(cfg.data.source) > 1 else ""),
         "targets": ", ".join(cfg.data.targets) or "none",
         "workers": f"{default_workers() if cfg.data.workers is None else cfg.data.workers} data worker(s) per process"
         + (" (the usable cores minus one)" if cfg.data.workers is None else ""),
@@ -73,17 +74,18 @@ def start_prototypes(cfg: TrainConfig, checkpoint: Checkpoint | None) -> Prototy
         )
 
 
-def prepared_copies(source: Any, targets: Sequence[Target]) -> dict[str, Any]:
-    """{"source": manifest facts, "targets": {name: ...}} of the datasets that are prepared copies (`ppar data
-    prepare`); a lossy (JPEG) one is said in the log too."""
+def prepared_copies(sources: Sequence[Any], specs: Sequence[str], targets: Sequence[Target]) -> dict[str, Any]:
+    """{"sources": {spec: manifest facts}, "targets": {name: ...}} of the datasets that are prepared copies (`ppar
+    data prepare`); a lossy (JPEG) one is said in the log too."""
     copies: dict[str, Any] = {}
-    if getattr(source, "prepared", None):
-        copies["source"] = source.prepared
+    found = {spec: s.prepared for spec, s in zip(specs, sources, strict=True) if getattr(s, "prepared", None)}
+    if found:
+        copies["sources"] = found
     targets_copies = {t.name: t.dataset.prepared for t in targets if getattr(t.dataset, "prepared", None)}
     if targets_copies:
         copies["targets"] = targets_copies
-    for what, info in [("source", copies.get("source")), *targets_copies.items()]:
-        if info and info.get("lossy"):
+    for what, info in [*found.items(), *targets_copies.items()]:
+        if info.get("lossy"):
             log.warning(
                 "%s is a lossy (%s) prepared copy: its images differ from the originals.", what, info["image_format"]
             )

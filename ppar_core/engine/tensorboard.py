@@ -13,12 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ppar_core.errors import PparError
+from ppar_core.inference import infer_logits
+from ppar_core.labels import CLASS_NAMES
+from ppar_core.normalize import image_to_tensor
 from ppar_core.reliability import WeightStats, hist_edges
+from ppar_core.visualize import overlay
 
 TENSORBOARD_HINT = "pip install 'ppar[tensorboard]'"
-LOGGERS = ("none", "tensorboard")
 FOLDER = "tensorboard"
 
 
@@ -35,11 +39,12 @@ def require_tensorboard() -> None:
 class TensorBoardLog:
     """Writes one run's event files (rank 0 only)."""
 
-    def __init__(self, run: Path) -> None:
+    def __init__(self, run: Path, *, w_max: float) -> None:
         require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: lazily, as it is optional
 
         self.writer = SummaryWriter(log_dir=str(Path(run) / FOLDER))
+        self.w_max = w_max  # the histograms' range (the loss's w_max)
 
     def record(self, record: Mapping[str, Any]) -> None:
         """A metrics.jsonl record: a training step's scalars, or an evaluation's mIoU per target and mean."""
@@ -85,6 +90,26 @@ class TensorBoardLog:
                 bucket_counts=hist[k].tolist(),
                 global_step=step,
             )
+
+    def evaluation(self, step: int, model: Any, targets: Sequence[Any], *, device: Any, per_target: int = 2) -> None:
+        """At an evaluation: the overlays of the first `per_target` images of each target (ground truth above the
+        prediction) and the model's reliability-weight histograms."""
+        for target in targets:
+            pictures = []
+            for index in range(min(per_target, len(target.dataset))):
+                sample = target.dataset[index]
+                scores = infer_logits(
+                    model.infer,
+                    image_to_tensor(sample.image, device=device),
+                    target.protocol,
+                    num_classes=model.num_classes,
+                )
+                prediction = scores[0].max(dim=0).indices.to(torch.uint8).cpu().numpy()
+                pictures.append(
+                    np.concatenate([overlay(sample.image, sample.label), overlay(sample.image, prediction)])
+                )
+            self.overlays(step, target.name, pictures)
+        self.weights(step, model.weight_stats, CLASS_NAMES, w_max=self.w_max)
 
     def close(self) -> None:
         self.writer.close()

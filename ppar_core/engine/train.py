@@ -24,23 +24,24 @@ from torch import nn
 from ppar_core.checkpoint import load_into_module, load_training_state
 from ppar_core.config import TrainConfig
 from ppar_core.data import build_dataset
+from ppar_core.data.registry import source_class_table
 from ppar_core.engine.distributed import DistContext, cleanup_distributed, init_distributed
 from ppar_core.engine.interrupt import StopFlag
 from ppar_core.engine.optim import build_optimizer
+from ppar_core.engine.reporting import evaluate_run, log_record
 from ppar_core.engine.run_folder import RunFolder
-from ppar_core.engine.sampling import StreamSampler, TrainSamples
-from ppar_core.engine.start import checkpoint_to_resume, plan, start_prototypes
-from ppar_core.engine.step import train_step
+from ppar_core.engine.sampling import StreamSampler, TrainSamples, WaitClock
+from ppar_core.engine.start import checkpoint_to_resume, plan, prepared_copies, start_prototypes
+from ppar_core.engine.step import check_losses, train_step
+from ppar_core.engine.tensorboard import TensorBoardLog, require_tensorboard
 from ppar_core.errors import PparError
-from ppar_core.evaluation.evaluate import evaluate_targets
-from ppar_core.evaluation.report import build_eval_report, training_report, write_eval_report
-from ppar_core.evaluation.targets import Target, build_targets, check_targets
+from ppar_core.evaluation.targets import build_targets, check_targets
 from ppar_core.files import check_output_folder, remove_stale_temporaries
 from ppar_core.labels import CLASS_NAMES
-from ppar_core.modeling.segmentor import PPARSegmentor, build_segmentor, resolve_model_config
+from ppar_core.modeling.segmentor import build_segmentor, resolve_model_config
 from ppar_core.progress import ProgressFn
 from ppar_core.prototypes import save_prototypes
-from ppar_core.runtime import restore_rng_state, seed_everything
+from ppar_core.runtime import default_workers, one_opencv_thread, restore_rng_state, seed_everything
 
 log = logging.getLogger("ppar.train")
 
@@ -69,12 +70,19 @@ def train(
     """
     cfg = replace(cfg, model=resolve_model_config(cfg.model)).validate()
     check_output_folder(cfg.out)
+    if cfg.log == "tensorboard":
+        require_tensorboard()  # before any work: one line naming the install
     dist = init_distributed(cfg.device)
     run = RunFolder(cfg.out)
+    tb: TensorBoardLog | None = None
     try:
         with run.locked() if dist.is_main else contextlib.nullcontext():
-            return _train(cfg, run, dist, resume, on_log, on_eval_progress, on_start)
+            if cfg.log == "tensorboard" and dist.is_main:
+                tb = TensorBoardLog(run.out, w_max=cfg.loss.w_max)
+            return _train(cfg, run, dist, resume, on_log, on_eval_progress, on_start, tb)
     finally:
+        if tb is not None:
+            tb.close()
         cleanup_distributed(dist)
 
 
@@ -86,6 +94,7 @@ def _train(
     on_log: Callable[[dict[str, Any]], None] | None,
     on_eval_progress: ProgressFn | None,
     on_start: Callable[[dict[str, str]], None] | None,
+    tb: TensorBoardLog | None,
 ) -> TrainResult:
     device = dist.device
     removed = remove_stale_temporaries(run.out)
@@ -96,9 +105,15 @@ def _train(
         raise PparError(f"{run.model} already exists: pass --resume to continue that run, or choose another --out.")
 
     # Data first: a wrong dataset root should fail before minutes of model building.
-    source = build_dataset(cfg.data.source, split=cfg.data.source_split, data_root=cfg.data.data_root)
-    if len(source) == 0:
-        raise PparError(f"The source dataset {cfg.data.source} has no image/label pairs; run `ppar data check` on it.")
+    sources = [
+        build_dataset(
+            spec, split=cfg.data.source_split, data_root=cfg.data.data_root, mapillary_map=cfg.data.mapillary_map
+        )
+        for spec in cfg.data.source
+    ]
+    for spec, source in zip(cfg.data.source, sources, strict=True):
+        if len(source) == 0:
+            raise PparError(f"The source dataset {spec} has no image/label pairs; run `ppar data check` on it.")
     targets = build_targets(
         cfg.data.targets,
         split=cfg.data.target_split,
@@ -126,6 +141,9 @@ def _train(
     # Bad samples are counted and named wherever a run reports (log, metrics.jsonl, checkpoint, eval.json).
     bad = set(checkpoint.meta.get("bad_samples", {}).get("source", [])) if checkpoint is not None else set()
     extra["bad_samples"] = {"source": sorted(bad), "targets": bad_targets}
+    copies = prepared_copies(sources, cfg.data.source, targets)
+    if copies:
+        extra["prepared_copies"] = copies  # the checkpoint (and eval.json) say which data were prepared copies
 
     start_step = 0
     if checkpoint is not None:
@@ -152,8 +170,12 @@ def _train(
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
+    workers = default_workers() if cfg.data.workers is None else cfg.data.workers
+    log.info("Loading training samples with %d worker process(es).", workers)
     loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
-        TrainSamples(source, cfg.data.augment, seed=cfg.seed, skip_bad=cfg.data.skip_bad),  # type: ignore[arg-type]
+        TrainSamples(  # type: ignore[arg-type]
+            sources, cfg.data.augment, seed=cfg.seed, skip_bad=cfg.data.skip_bad, sampling=cfg.data.source_sampling
+        ),
         batch_size=cfg.batch_size,
         sampler=StreamSampler(
             batch_size=cfg.batch_size,
@@ -162,12 +184,19 @@ def _train(
             world_size=dist.world_size,
             start_step=start_step,
         ),
-        num_workers=cfg.data.workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=cfg.data.workers > 0,
+        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by worker seeding
     )
-    batches = iter(loader)
+    with one_opencv_thread():  # the workers start here, and keep OpenCV on one thread each
+        batches = WaitClock(iter(loader))
+    table = source_class_table(cfg.data.source, len(CLASS_NAMES))  # None unless the sources label different classes
+    source_classes = None if table is None else torch.from_numpy(table).to(device)
+    if table is not None:
+        log.info(
+            "The sources label different classes: each image's loss leaves out the classes its source never labels."
+        )
     step = start_step
     interrupted = False
     window_start, window_images = time.perf_counter(), 0
@@ -177,81 +206,74 @@ def _train(
             if _should_stop(stop, dist):
                 interrupted = True
                 break
-            record, passed = train_step(wrapped, model, optimizer, batches, cfg, step, dist, checkpoint=run.model)
+            done = step + 1  # the steps done once this one is: what the log, checkpoint and evaluation go by
+            log_now = done % cfg.log_every == 0 or done in (cfg.iters, start_step + 1)
+            save_now = _due(cfg.checkpoint_every, done) and done < cfg.iters
+            eval_now = _due(cfg.eval_every, done) and done < cfg.iters and bool(targets)
+            record, passed = train_step(
+                wrapped,
+                model,
+                optimizer,
+                batches,
+                cfg,
+                step,
+                dist,
+                checkpoint=run.model,
+                log=log_now,  # every rank reads at the same steps (the read is collective under DDP's all-reduce)
+                check_finite=save_now or eval_now,
+                source_classes=source_classes,
+            )
             if passed and not bad.issuperset(passed):
                 bad.update(passed)
                 extra["bad_samples"]["source"] = sorted(bad)
                 log.warning("Source sample(s) replaced by the next good one (unreadable): %s", ", ".join(passed))
             step += 1
             window_images += cfg.batch_size * cfg.optim.accum_steps * dist.world_size
-            if dist.is_main and (step % cfg.log_every == 0 or step == cfg.iters or step == start_step + 1):
+            if dist.is_main and log_now:
                 elapsed = time.perf_counter() - window_start
-                record.update(step=step, img_per_s=window_images / max(elapsed, 1e-9))
+                # data_wait: the share of the window's wall time the loop waited for training samples
+                record.update(
+                    step=step,
+                    img_per_s=window_images / max(elapsed, 1e-9),
+                    data_wait=min(1.0, batches.take() / max(elapsed, 1e-9)),
+                )
                 if bad:
                     record["bad_source"] = len(bad)
                 window_start, window_images = time.perf_counter(), 0
-                _log(run, record, on_log)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.iters:
+                log_record(run, record, on_log, tb)
+            if save_now:
                 if dist.is_main:
                     run.save(cfg, model, optimizer, step, extra)
                 dist.barrier()
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iters and targets:
-                report = _evaluate(model, targets, cfg, dist, on_eval_progress, step=step)
+            if eval_now:
+                report = evaluate_run(model, targets, cfg, dist, on_eval_progress, step=step, tb=tb)
                 if dist.is_main:
                     mious = {name: entry["miou"] for name, entry in report["targets"].items()}
-                    _log(run, {"step": step, "eval": mious, "mean_miou": report["mean_miou"]}, on_log)
+                    log_record(run, {"step": step, "eval": mious, "mean_miou": report["mean_miou"]}, on_log, tb)
     if bad:
         log.warning("%d unreadable source sample(s) were replaced by the next good one: %s", len(bad), sorted(bad))
+    check_losses(model)  # nothing unread may go into the last checkpoint
     if dist.is_main:
         run.save(cfg, model, optimizer, step, extra)
     dist.barrier()
     result = TrainResult(out_dir=run.out, checkpoint=run.model, step=step, interrupted=interrupted)
     if not interrupted and targets:
-        result.report = _evaluate(
-            model, targets, cfg, dist, on_eval_progress, step=step, final=run, bad_samples=extra["bad_samples"]
+        result.report = evaluate_run(
+            model,
+            targets,
+            cfg,
+            dist,
+            on_eval_progress,
+            step=step,
+            final=run,
+            bad_samples=extra["bad_samples"],
+            prepared=copies,
+            tb=tb,
         )
+        if tb is not None:
+            mious = {name: entry["miou"] for name, entry in result.report["targets"].items()}
+            tb.record({"step": step, "eval": mious, "mean_miou": result.report["mean_miou"]})
     return result
-
-
-def _evaluate(
-    model: PPARSegmentor,
-    targets: list[Target],
-    cfg: TrainConfig,
-    dist: DistContext,
-    progress: ProgressFn | None,
-    *,
-    step: int,
-    final: RunFolder | None = None,
-    bad_samples: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Evaluate on every target -> the report (on every rank); the final one is written to the run's eval.json."""
-    model.eval()
-    results = evaluate_targets(
-        model.infer,
-        targets,
-        num_classes=model.num_classes,
-        device=dist.device,
-        max_images=cfg.data.eval_max_images,
-        progress=progress,
-        dist=dist if dist.enabled else None,
-        skip_bad=cfg.data.skip_bad,
-    )
-    model.train()
-    if final is None or not dist.is_main:
-        return build_eval_report(
-            targets, results, inference=cfg.eval, split=cfg.data.target_split, mapillary_map=cfg.data.mapillary_map
-        )
-    report = training_report(cfg, targets, results, checkpoint=final.model, step=step)
-    if bad_samples and (bad_samples["source"] or bad_samples["targets"]):
-        report["bad_samples"] = bad_samples
-    write_eval_report(final.report, report)
-    return report
-
-
-def _log(run: RunFolder, record: dict[str, Any], on_log: Callable[[dict[str, Any]], None] | None) -> None:
-    run.append_metrics(record)
-    if on_log is not None:
-        on_log(record)
 
 
 def _should_stop(stop: StopFlag, dist: DistContext) -> bool:
@@ -259,3 +281,8 @@ def _should_stop(stop: StopFlag, dist: DistContext) -> bool:
         return stop.requested
     flag = torch.tensor([1.0 if stop.requested else 0.0], device=dist.device)
     return bool(dist.all_reduce_sum(flag).item() > 0)
+
+
+def _due(every: int, done: int) -> bool:
+    """Whether a periodic action (`every` steps; 0: never) falls after `done` steps."""
+    return every > 0 and done % every == 0

@@ -113,6 +113,13 @@ def build_eval_report(
     return report
 
 
+def source_classes(specs: Sequence[str]) -> tuple[int, ...] | None:
+    """The classes a run's sources label, when one of them labels a subset (SYNTHIA's 16): the figures every target
+    then reports too (labels.md); None when every source labels all 19."""
+    subsets = [info.classes for info in (dataset_info(parse_spec(spec)[0]) for spec in specs) if info.classes]
+    return min(subsets, key=len) if subsets else None
+
+
 def training_report(
     cfg: TrainConfig, targets: Sequence[Target], results: Mapping[str, SegMetrics], *, checkpoint: Path, step: int
 ) -> dict[str, Any]:
@@ -125,7 +132,7 @@ def training_report(
         mapillary_map=cfg.data.mapillary_map,
         checkpoint=checkpoint,
         step=step,
-        source_classes=dataset_info(parse_spec(cfg.data.source)[0]).classes,
+        source_classes=source_classes(cfg.data.source),
         max_images=cfg.data.eval_max_images,
     )
 

@@ -3,7 +3,8 @@
 `metrics.jsonl` (ppar_core.engine.run_folder) holds two kinds of records, one JSON object a line:
 
     training  {"step", "total", "seg", "pa", "vo", "mean_weight", "aligned_fraction", "beta", "q", "weight_ramp",
-               "lr", "grad_norm", "img_per_s"}                      losses in nats, lr per step, throughput in img/s
+               "lr", "grad_norm", "img_per_s", "data_wait"}         losses in nats, lr per step, throughput in img/s,
+                                                                    share of the wall time spent waiting for data
     eval      {"step", "eval": {target: mIoU | null}, "mean_miou"}  periodic evaluations, mIoU in percent
 
 The final evaluation is not logged there: it is the run's `eval.json` (shape: ppar_core.evaluation.report), read
@@ -23,7 +24,7 @@ from ppar_core.errors import PparError
 # The per-step scalars of a training record that readers know; other keys are kept too (see RunLog.scalars).
 TRAIN_SCALARS = (
     "total", "seg", "pa", "vo", "mean_weight", "aligned_fraction", "beta", "q", "weight_ramp", "lr", "grad_norm",
-    "img_per_s",
+    "img_per_s", "data_wait",
 )  # fmt: skip
 
 

@@ -172,6 +172,7 @@ class VisualTextPrototypes(nn.Module):
         *,
         ignore_index: int = 255,
         all_reduce: Callable[[Tensor], Tensor | None] | None = None,
+        check_labels: bool = True,
     ) -> None:
         """Move each present class's memory row towards its batch centroid; a no-op for `decoder`.
 
@@ -182,6 +183,10 @@ class VisualTextPrototypes(nn.Module):
         DDP: pass `all_reduce`, called once with a (K, D+1) float32 tensor (columns :D the per-class sums of normalised
         z, column D the pixel counts); it must return the element-wise sum over ranks, or None after reducing in place,
         so `torch.distributed.all_reduce` itself can be passed. Every rank then applies the same update.
+
+        `check_labels`: raise ValueError on a label outside [0, K) other than `ignore_index`. It is the update's only
+        host sync; the training step passes False, because its loss has already rejected such labels (cross-entropy
+        does), and without the check a stray label counts as ignored (it can never index out of the memory).
         """
         if self.cfg.kind == "decoder":
             return
@@ -194,15 +199,17 @@ class VisualTextPrototypes(nn.Module):
         # float32 statistics: the sums run over many pixels and bf16 (autocast) would lose most of the update.
         z = F.normalize(dense.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, d)
         labels = labels_small.reshape(-1).long()
-        valid = labels != ignore_index
-        # The only host sync of the update; a bad label would otherwise be a device-side assert on CUDA.
-        if bool((valid & ((labels < 0) | (labels >= self.num_classes))).any()):
+        in_range = (labels >= 0) & (labels < self.num_classes)
+        valid = (labels != ignore_index) & in_range
+        # The only host sync of the update; a bad label would otherwise pass silently as ignored.
+        if check_labels and bool(((labels != ignore_index) & ~in_range).any()):
             raise ValueError(f"labels_small has values outside [0, {self.num_classes}) other than {ignore_index}")
-        # Ignored pixels go to an extra row K that is dropped afterwards (no boolean indexing: static shapes).
+        # Ignored pixels go to an extra row K that is dropped afterwards (no boolean indexing: static shapes). One
+        # index_add_ adds [z, 1] per pixel: the sums of z and the pixel counts (bincount would size its output on the
+        # host).
         rows = torch.where(valid, labels, torch.full_like(labels, self.num_classes))
         stats = torch.zeros(self.num_classes + 1, d + 1, dtype=torch.float32, device=dense.device)
-        stats[:, :d].index_add_(0, rows, z)
-        stats[:, d] = torch.bincount(rows, minlength=self.num_classes + 1).float()
+        stats.index_add_(0, rows, torch.cat([z, torch.ones_like(z[:, :1])], dim=1))
         stats = stats[: self.num_classes].contiguous()
         if all_reduce is not None:
             reduced = all_reduce(stats)
