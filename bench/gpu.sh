@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The GPU benchmark, in one go (one H200; about 3 minutes, 8 at most): install, then
+# The GPU benchmark, in one go (one H200; about 5 minutes, 9 at most: one device call): install, then
 #   1. a full PPAR training step vs a bare forward+backward of the same CLIP ViT-B/16 tower, batch 8, 512x512, bf16
 #      autocast: median step times and their ratio, training img/s, peak GPU memory (max_memory_allocated, each
 #      workload in a fresh process), model FLOP utilisation against a bf16 8192^3 matmul timed in the same run;
 #   2. the training data pipeline (TrainSamples + the gta5 augment, GTA5-sized synthetic PNGs) with one DataLoader
-#      worker per CPU core: images/s.
+#      worker per CPU core: images/s;
+#   3. `train()` end to end, 300 steps on a prepared GTA5-sized synthetic copy, then the final evaluation on
+#      1024x2048 images: samples/s, median step, data wait, projected time of 20,000 steps + 500 images.
 # Results (JSON + logs) go to $OUT, or bench-results/gpu-<date> when OUT is not set.
 #
 #   bash bench/gpu.sh
 #   # a CPU dry run of every step with tiny sizes (checks the script, measures nothing of interest):
 #   BENCH_DEVICE=cpu BENCH_PRESET=tiny BENCH_IMAGE=64 BENCH_BATCH=2 BENCH_REPEATS=2 DATA_SIZE=128x256 \
-#     DATA_IMAGES=4 DATA_SAMPLES=4 bash bench/gpu.sh
+#     DATA_IMAGES=4 DATA_SAMPLES=4 E2E_STEPS=4 E2E_FRAMES=4 E2E_RESIZE=64x128 E2E_EVAL_IMAGES=1 \
+#     E2E_EVAL_SIZE=128x256 E2E_LOG_EVERY=2 bash bench/gpu.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -69,16 +72,24 @@ fi
 AMP=(--amp)
 [[ "${BENCH_AMP:-1}" == 0 ]] && AMP=()
 log "train step: $PRESET ${IMAGE}x${IMAGE} batch $BATCH on $DEVICE, ${WARMUP} warm-up + ${REPEATS} timed steps each"
-timeout 330 "$VPY" bench/train_step.py --device "$DEVICE" --preset "$PRESET" --image-size "$IMAGE" \
+timeout 200 "$VPY" bench/train_step.py --device "$DEVICE" --preset "$PRESET" --image-size "$IMAGE" \
   --batch-size "$BATCH" "${AMP[@]}" --warmup "$WARMUP" --repeats "$REPEATS" \
   --json "$OUT/train_step_${DEVICE%%:*}.json" 2> "$OUT/train_step.stderr" | tee "$OUT/train_step.txt"
 
 # --- 3. data pipeline, every CPU core -----------------------------------------------------------------------------
 log "data pipeline: ${DATA_SIZE:-1052x1914} synthetic PNGs, gta5 augment, $WORKERS workers"
-timeout 200 "$VPY" bench/data_pipeline.py --workers "$WORKERS" --size "${DATA_SIZE:-1052x1914}" \
+timeout 100 "$VPY" bench/data_pipeline.py --workers "$WORKERS" --size "${DATA_SIZE:-1052x1914}" \
   --frames "${DATA_IMAGES:-16}" --samples "${DATA_SAMPLES:-24}" --repeats 1 \
   --json "$OUT/data_pipeline.json" 2> "$OUT/data_pipeline.stderr" | tee "$OUT/data_pipeline.txt"
+
+# --- 4. end to end: train() 300 steps on a prepared GTA5-sized copy, then the final evaluation -------------------
+log "end to end: $PRESET, batch $BATCH, ${IMAGE} crops, ${E2E_STEPS:-300} steps on $DEVICE, then evaluation"
+timeout 240 "$VPY" bench/train_e2e.py --device "$DEVICE" --preset "$PRESET" --batch "$BATCH" --crop "$IMAGE" \
+  --steps "${E2E_STEPS:-300}" --frames "${E2E_FRAMES:-64}" --size "${DATA_SIZE:-1052x1914}" \
+  --resize "${E2E_RESIZE:-720x1280}" --eval-images "${E2E_EVAL_IMAGES:-8}" --eval-size "${E2E_EVAL_SIZE:-1024x2048}" \
+  --log-every "${E2E_LOG_EVERY:-25}" --json "$OUT/train_e2e.json" 2> "$OUT/train_e2e.stderr" | tee "$OUT/train_e2e.txt"
 
 log "done: results in $OUT"
 tail -n 1 "$OUT/train_step.txt"
 tail -n 1 "$OUT/data_pipeline.txt"
+tail -n 1 "$OUT/train_e2e.txt"

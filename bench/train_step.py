@@ -178,7 +178,13 @@ def build_workloads(args: argparse.Namespace, device: Any, images: Any, labels: 
         optimizer = build_optimizer(model, cfg.optim, backbone_lr_mult=model_cfg.backbone_lr_mult)
         dist = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device(device), enabled=False)
         batches = itertools.repeat(
-            (images, labels, [""] * args.batch_size, torch.zeros(args.batch_size, dtype=torch.long))
+            (
+                images,
+                labels,
+                [""] * args.batch_size,
+                torch.zeros(args.batch_size, dtype=torch.long),
+                torch.full((args.batch_size, 5), float("nan")),
+            )  # fmt: skip
         )
         step_index = int(args.progress * cfg.iters)
 

@@ -107,3 +107,23 @@ def test_eval_speed_benchmark_runs_and_says_both_loops_agree(tmp_path: Path) -> 
     ]  # fmt: skip
     last = _last_line(args)
     assert re.fullmatch(r"eval ratio time=\d+\.\d+ miou_equal=True", last), last
+
+
+@pytest.mark.slow
+def test_end_to_end_training_benchmark_runs_and_projects_the_protocol(tmp_path: Path) -> None:
+    args = [
+        sys.executable, str(ROOT / "bench" / "train_e2e.py"), "--device", "cpu", "--preset", "tiny", "--frames", "4",
+        "--size", "128x256", "--resize", "64x128", "--crop", "32", "--batch", "2", "--steps", "4", "--log-every", "2",
+        "--eval-images", "1", "--eval-size", "128x256", "--workers", "1", "--json", str(tmp_path / "e2e.json"),
+    ]  # fmt: skip
+    last = _last_line(args)
+    match = re.fullmatch(
+        r"e2e samples_per_s=(\d+\.\d) median_step_ms=(\d+\.\d) data_wait=(\d\.\d{3}) projected_min=(\d+\.\d)", last
+    )
+    assert match, last
+    results = json.loads((tmp_path / "e2e.json").read_text())
+    # The run's own log records (after step 1, then every 2 steps); the first window is left out of the figures.
+    assert [r["step"] for r in results["records"]] == [1, 2, 4] and results["windows"] == 2
+    # The projection is the protocol's steps at the measured median step plus 500 images at the measured rate.
+    expected = (20_000 * results["median_step_s"] + 500 * results["eval_seconds_per_image"]) / 60.0
+    assert results["projected_minutes"] == pytest.approx(expected) and 0.0 <= results["data_wait"] <= 1.0

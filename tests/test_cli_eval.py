@@ -42,7 +42,8 @@ def test_eval_json_shape_and_written_report(cli: Any, tiny_run: Any, tmp_path: P
         "--max-images",
         "3",
     )
-    assert set(report) == {"targets", "mean_miou", "protocol"}
+    assert set(report) == {"targets", "mean_miou", "protocol", "sources"}
+    assert report["sources"] == ["synth-source"]  # what the evaluated model was trained on
     assert list(report["targets"]) == ["synth-real", "synth-fog"]
     for entry in report["targets"].values():
         assert set(entry) == TARGET_KEYS
@@ -194,8 +195,9 @@ def test_synthia_reports_16_and_19_class_miou() -> None:
         inference=InferenceConfig(),
         split="val",
         mapillary_map="id",
-        source_classes=dataset_info("synthia").classes,
+        sources=["gta5", "synthia"],
     )
+    assert trained["sources"] == ["gta5", "synthia"] and "sources" not in report
     assert trained["targets"]["cityscapes"]["miou_16"] == pytest.approx(60.0)
     assert trained["mean_miou_16"] == pytest.approx(60.0)
 

@@ -109,7 +109,7 @@ def test_bad_samples_name_the_file_and_the_sampler_substitutes_and_counts(gta5_r
     identity = TrainAugment(scale_range=(1.0, 1.0), crop_size=(H, W), flip_prob=0.0, photometric=False)
     samples = TrainSamples(ds, identity, seed=0, skip_bad=True)
     k_of = {samples.dataset_index(k): k for k in range(3)}  # the first epoch visits every index once
-    _, label, passed, source = samples[k_of[1]]
+    _, label, passed, source, _ = samples[k_of[1]]
     assert passed == "00001\n00002"  # 1 and 2 are bad: wraps around to the next good one, and says so
     assert np.array_equal(label.numpy(), ds[0].label) and source == 0  # one dataset: source 0
     assert samples[k_of[2]][2] == "00002"  # a known-bad sample is passed again, and named again, for this k

@@ -46,7 +46,7 @@ def png_copy(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _samples(spec: str, count: int = 2 * NUM) -> list[tuple[torch.Tensor, torch.Tensor, str, int]]:
+def _samples(spec: str, count: int = 2 * NUM) -> list[tuple[torch.Tensor, torch.Tensor, str, int, torch.Tensor]]:
     samples = TrainSamples(build_dataset(spec), AUGMENT, seed=7)
     return [samples[k] for k in range(count)]
 
@@ -57,7 +57,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 def test_png_copy_gives_bit_identical_training_samples(source: Path, png_copy: Path) -> None:
     original, prepared = _samples(f"gta5={source}"), _samples(f"gta5={png_copy}")
-    for (image_a, label_a, bad_a, _), (image_b, label_b, bad_b, _) in zip(original, prepared, strict=True):
+    for (image_a, label_a, bad_a, *_), (image_b, label_b, bad_b, *_) in zip(original, prepared, strict=True):
         assert torch.equal(image_a, image_b) and torch.equal(label_a, label_b) and bad_a == bad_b == ""
     dataset = build_dataset(f"gta5={png_copy}")
     assert dataset.name == "gta5" and dataset.sample_name(0) == "synth_00000"

@@ -20,6 +20,10 @@ from ppar_core.errors import PparError
 from ppar_core.labels import IGNORE_INDEX
 
 _CROP_TRIES = 10
+PHOTOMETRIC_PLACES = ("cpu", "device")  # where the photometric distortion runs (`TrainAugment.photometric_on`)
+# The drawn photometric parameters as a float32 vector, NaN where a step was not drawn (see `draw_photometric`).
+PHOTOMETRIC_PARAMS = ("brightness", "contrast_before", "saturation", "hue", "contrast_after")
+NO_PHOTOMETRIC = np.full(len(PHOTOMETRIC_PARAMS), np.nan, dtype=np.float32)  # nothing to apply
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,9 @@ class TrainAugment:
     cat_max_ratio: float = 0.75  # crop retried (up to 10 times) while one class covers more of the valid pixels
     flip_prob: float = 0.5  # probability of a horizontal flip
     photometric: bool = True  # brightness, contrast, saturation and hue jitter (image only)
+    # Where it runs: "cpu" in the loader's workers, or "device" in the training step (`data.device_photometric`),
+    # for when the CPU is the limit. The same parameters are drawn from the same generator either way.
+    photometric_on: str = "cpu"
 
     def validate(self) -> TrainAugment:
         """Raise PparError naming the first bad field (as `data.augment.<field>`); returns self."""
@@ -46,6 +53,11 @@ class TrainAugment:
             raise PparError(f"Config field data.augment.cat_max_ratio must lie in (0, 1], got {self.cat_max_ratio}.")
         if not 0 <= self.flip_prob <= 1:
             raise PparError(f"Config field data.augment.flip_prob must lie in [0, 1], got {self.flip_prob}.")
+        if self.photometric_on not in PHOTOMETRIC_PLACES:
+            raise PparError(
+                f"Config field data.augment.photometric_on must be one of {', '.join(PHOTOMETRIC_PLACES)}, got "
+                f"{self.photometric_on!r}."
+            )
         return self
 
 
@@ -138,45 +150,68 @@ def random_flip(
     return image, label
 
 
-def photometric_distortion(
-    image: np.ndarray,
-    *,
+def draw_photometric(
     rng: np.random.Generator,
+    *,
     brightness_delta: int = 32,
     contrast_range: tuple[float, float] = (0.5, 1.5),
     saturation_range: tuple[float, float] = (0.5, 1.5),
     hue_delta: int = 18,
 ) -> np.ndarray:
-    """Random brightness, contrast, saturation and hue (each applied with probability 1/2), mmseg's recipe.
+    """The random parameters of one photometric distortion -> (5,) float32 in PHOTOMETRIC_PARAMS order, NaN where
+    the step is not applied: brightness offset, contrast factor before the HSV changes, saturation factor, hue shift
+    (OpenCV's 0-179 units, 2 degrees each), contrast factor after them. Each step is drawn with probability 1/2, and
+    contrast goes before or after the HSV changes at random (mmseg's recipe); the draws are made in the order the
+    steps run, so the CPU and the device paths see the same parameters for the same generator."""
+    params = NO_PHOTOMETRIC.copy()
+    if rng.integers(2):
+        params[0] = rng.uniform(-brightness_delta, brightness_delta)
+    contrast_first = bool(rng.integers(2))
+    if contrast_first and rng.integers(2):
+        params[1] = rng.uniform(*contrast_range)
+    do_saturation, do_hue = bool(rng.integers(2)), bool(rng.integers(2))
+    if do_saturation:
+        params[2] = rng.uniform(*saturation_range)
+    if do_hue:
+        params[3] = int(rng.integers(-hue_delta, hue_delta + 1))
+    if not contrast_first and rng.integers(2):
+        params[4] = rng.uniform(*contrast_range)
+    return params
 
-    (H,W,3) uint8 RGB -> (H,W,3) uint8 RGB. Contrast comes before or after the HSV changes, at random. Hue is in
-    OpenCV's 0-179 units (2 degrees each).
+
+def apply_photometric(image: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Apply drawn photometric parameters (`draw_photometric`) to (H,W,3) uint8 RGB -> (H,W,3) uint8 RGB.
 
     Every step but the colour-space change is a function of one pixel value, so each runs as a 256-entry lookup
     table on uint8 (`cv2.LUT`) instead of float32 arithmetic over the image; the tables are computed with exactly
     the float32 operations the arithmetic did, so the output is the same to the bit, for a third of the time.
     """
+    brightness, contrast_before, saturation_factor, hue_shift, contrast_after = (float(v) for v in params)
     values = np.arange(256, dtype=np.float32)  # the value of each table entry, carried through every step
-    if rng.integers(2):
-        values += float(rng.uniform(-brightness_delta, brightness_delta))
-    contrast_first = bool(rng.integers(2))
-    if contrast_first and rng.integers(2):
-        values *= float(rng.uniform(*contrast_range))
-    do_saturation, do_hue = bool(rng.integers(2)), bool(rng.integers(2))
-    if do_saturation or do_hue:
+    if not np.isnan(brightness):
+        values += brightness
+    if not np.isnan(contrast_before):
+        values *= contrast_before
+    if not (np.isnan(saturation_factor) and np.isnan(hue_shift)):
         hsv = cv2.cvtColor(cv2.LUT(image, np.clip(values, 0, 255).astype(np.uint8)), cv2.COLOR_RGB2HSV)
         channel = np.arange(256, dtype=np.float32)
         hue = saturation = np.arange(256, dtype=np.uint8)
-        if do_saturation:
-            saturation = np.clip(channel * float(rng.uniform(*saturation_range)), 0, 255).astype(np.uint8)
-        if do_hue:
-            hue = ((channel + int(rng.integers(-hue_delta, hue_delta + 1))) % 180).astype(np.uint8)
+        if not np.isnan(saturation_factor):
+            saturation = np.clip(channel * saturation_factor, 0, 255).astype(np.uint8)
+        if not np.isnan(hue_shift):
+            hue = ((channel + int(hue_shift)) % 180).astype(np.uint8)
         identity = np.arange(256, dtype=np.uint8)
         hsv = cv2.LUT(hsv, np.stack([hue, saturation, identity], axis=1)[None])  # one table per channel
         image, values = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), np.arange(256, dtype=np.float32)
-    if not contrast_first and rng.integers(2):
-        values *= float(rng.uniform(*contrast_range))
+    if not np.isnan(contrast_after):
+        values *= contrast_after
     return cv2.LUT(image, np.clip(values, 0, 255).round().astype(np.uint8))
+
+
+def photometric_distortion(image: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness, contrast, saturation and hue, each with probability 1/2 (mmseg's recipe): (H,W,3) uint8
+    RGB -> (H,W,3) uint8 RGB; `draw_photometric`, then `apply_photometric`."""
+    return apply_photometric(image, draw_photometric(rng))
 
 
 def apply_train_augment(
@@ -189,6 +224,6 @@ def apply_train_augment(
         image, label, scale_range=aug.scale_range, size=aug.crop_size, rng=rng, cat_max_ratio=aug.cat_max_ratio
     )
     image, label = random_flip(image, label, prob=aug.flip_prob, rng=rng)
-    if aug.photometric:
+    if aug.photometric and aug.photometric_on == "cpu":  # "device": the caller draws its parameters from rng next
         image = photometric_distortion(image, rng=rng)
     return np.ascontiguousarray(image), np.ascontiguousarray(label)

@@ -34,7 +34,7 @@ from torch.utils.data import Sampler
 
 from ppar_core.config import SAMPLING_RULES
 from ppar_core.data import Sample, SegDataset
-from ppar_core.data.transforms import TrainAugment, apply_train_augment
+from ppar_core.data.transforms import NO_PHOTOMETRIC, TrainAugment, apply_train_augment, draw_photometric
 from ppar_core.errors import PparError
 
 # Names of the bad samples a training sample stands in for, joined by this (file names hold no newline).
@@ -49,7 +49,9 @@ def epoch_permutation(num_items: int, *, seed: int, epoch: int, stream: int = 0)
 
 class TrainSamples:
     """Map-style view of the infinite sample stream: `samples[k]` -> (image (3,h,w) uint8 RGB, label (h,w) uint8
-    trainIds, names of the bad samples it replaced joined by BAD_SEPARATOR ("" when none), source index (int)).
+    trainIds, names of the bad samples it replaced joined by BAD_SEPARATOR ("" when none), source index (int),
+    photometric parameters (5,) float32 for the device to apply (all NaN unless `augment.photometric_on` is
+    "device")).
 
     `dataset` is one dataset or several (the sources of a mix, `sampling` one of SAMPLING_RULES). Images stay uint8
     until the training step normalises them on the device (`ppar_core.normalize`).
@@ -114,13 +116,19 @@ class TrainSamples:
             passed.append(dataset.sample_name(i))
         raise PparError(f"Every one of the {n} samples of {dataset.name} under {dataset.root} is bad.")
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, str, int]:
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, str, int, torch.Tensor]:
         source, index = self.source_index(k)
         sample, passed = self._load(source, index)
         rng = np.random.default_rng([self.seed, k])
         image, label = apply_train_augment(sample.image, sample.label, self.augment, rng)
+        on_device = self.augment.photometric and self.augment.photometric_on == "device"
+        # The photometric step is the augment's last draw, so the device gets the parameters the CPU would use.
+        photometric = draw_photometric(rng) if on_device else NO_PHOTOMETRIC
         chw = np.ascontiguousarray(image.transpose(2, 0, 1))
-        return torch.from_numpy(chw), torch.from_numpy(label), BAD_SEPARATOR.join(passed), source
+        return (
+            torch.from_numpy(chw), torch.from_numpy(label), BAD_SEPARATOR.join(passed), source,
+            torch.from_numpy(photometric.copy()),
+        )  # fmt: skip
 
 
 T = TypeVar("T")

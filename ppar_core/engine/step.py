@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppar_core.config import TrainConfig
+from ppar_core.data.device_photometric import photometric_on_device
 from ppar_core.engine.distributed import DistContext
 from ppar_core.engine.optim import lr_at, set_lr
 from ppar_core.errors import PparError
@@ -33,8 +34,9 @@ from ppar_core.normalize import normalize
 from ppar_core.reliability import WeightStats
 from ppar_core.runtime import autocast
 
-# images (B,3,h,w) uint8, labels (B,h,w) uint8, bad names per sample, source index per sample (B,) int64
-Batch = tuple[Tensor, Tensor, list[str], Tensor]
+# images (B,3,h,w) uint8, labels (B,h,w) uint8, bad names per sample, source index per sample (B,) int64,
+# photometric parameters (B,5) float32 for the device (`TrainSamples`)
+Batch = tuple[Tensor, Tensor, list[str], Tensor, Tensor]
 
 
 def train_step(
@@ -67,6 +69,7 @@ def train_step(
     progress = step / cfg.iters
     accum = cfg.optim.accum_steps
     non_finite = _non_finite_record(core, dist.device, checkpoint)
+    on_device_photometric = cfg.data.augment.photometric and cfg.data.augment.photometric_on == "device"
     # The averaged tensor terms, float64 on the device: the float32 terms / accum summed in float64 are the sums the
     # log always had (it added Python floats), and nothing is read until the step logs.
     sums = torch.zeros(len(TENSOR_TERMS), dtype=torch.float64, device=dist.device)
@@ -74,9 +77,12 @@ def train_step(
     bad: list[str] = []
     pending: list[tuple[Tensor, Tensor, Tensor | None, Tensor]] = []
     for micro in range(accum):
-        pixels, labels_u8, passed, source = next(batches)
+        pixels, labels_u8, passed, source, photometric = next(batches)
         bad += [name for names in passed for name in names.split("\n") if name]
-        images = normalize(pixels.to(dist.device, non_blocking=True))
+        pixels = pixels.to(dist.device, non_blocking=True)
+        if on_device_photometric:
+            pixels = photometric_on_device(pixels, photometric.to(dist.device, non_blocking=True))
+        images = normalize(pixels)
         labels = labels_u8.to(dist.device, non_blocking=True).long()
         class_mask = None if source_classes is None else source_classes[source.to(dist.device, non_blocking=True)]
         sync = micro == accum - 1 or not dist.enabled

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ppar_core.errors import PparError
-from ppar_core.evaluation.report import build_eval_report, source_classes
+from ppar_core.evaluation.report import build_eval_report
 from ppar_core.evaluation.targets import Target, build_targets
 from ppar_core.inference import ModelFn, infer_logits
 from ppar_core.loading import read_run_config, segmentor_from_checkpoint
@@ -216,6 +216,6 @@ def evaluate_checkpoint(
         mapillary_map=mapillary_map,
         checkpoint=Path(path),
         step=checkpoint.step,
-        source_classes=source_classes(cfg.data.source),
+        sources=cfg.data.source,
         max_images=max_images,
     )

@@ -4,6 +4,7 @@ The report is the JSON shape of `ppar eval --json` and of `eval.json`, IoU in pe
 
     {"targets": {name: {"miou", "per_class": {class: iou | null}, "acc", "macc", "images", ...}},
      "mean_miou": float | null,
+     "sources": [spec, ...] (the training sources of the evaluated model; absent for saved predictions),
      "protocol": {"checkpoint", "step", "sha256", "split", "mapillary_map", "mode", "crop_size", "stride", "scale",
                   "long_side", "tta", "ms_scales", "batch_size", "size_divisor", "max_images", "per_target": {...},
                   "mean_over": "..."}}
@@ -63,21 +64,23 @@ def build_eval_report(
     mapillary_map: str,
     checkpoint: Path | None = None,
     step: int | None = None,
-    source_classes: tuple[int, ...] | None = None,
+    sources: Sequence[str] = (),
     max_images: int | None = None,
     extra_protocol: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report dict (module docstring) of `results` ({target name: metrics}) on `targets`.
 
     `inference` None leaves the inference fields out (saved predictions). `checkpoint` is hashed (sha256) here.
-    `source_classes`: the classes the training source labels (SYNTHIA's 16), which every target then reports too.
+    `sources`: the specs the model was trained on (recorded as `sources`); when one labels a subset of the classes
+    (SYNTHIA's 16), every target reports that subset's mIoU too.
     """
+    trained_classes = source_classes(sources) if sources else None
     groups: dict[str, list[Target]] = {}
     for target in targets:
         groups.setdefault(target.group, []).append(target)
     entries: dict[str, Any] = {}
     for group, members in groups.items():
-        subset = members[0].classes or source_classes
+        subset = members[0].classes or trained_classes
         entry = _group_entry(group, members, results)
         if subset is not None:
             entry[f"miou_{len(subset)}"] = _mean_over(entry["per_class"], [CLASS_NAMES[i] for i in subset])
@@ -105,6 +108,8 @@ def build_eval_report(
         **(extra_protocol or {}),
     }
     report: dict[str, Any] = {"targets": entries, "mean_miou": mean, "protocol": protocol}
+    if sources:
+        report["sources"] = list(sources)
     if mean_skipped:
         report["mean_skipped"] = mean_skipped
     subsets = {key for entry in entries.values() for key in entry if key.startswith("miou_")}
@@ -132,7 +137,7 @@ def training_report(
         mapillary_map=cfg.data.mapillary_map,
         checkpoint=checkpoint,
         step=step,
-        source_classes=source_classes(cfg.data.source),
+        sources=cfg.data.source,
         max_images=cfg.data.eval_max_images,
     )
 
