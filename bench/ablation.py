@@ -28,7 +28,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, write_result  # noqa: E402
 
-from ppar_core.clip.pretrain import PretrainConfig, read_prior_info, recipe_dict  # noqa: E402
 from ppar_core.demo import (  # noqa: E402
     TARGET_DOMAINS,
     VARIANTS,
@@ -39,6 +38,7 @@ from ppar_core.demo import (  # noqa: E402
     run_variants,
     summarize,
 )
+from ppar_core.prior.pretrain import PretrainConfig, read_prior_info, recipe_dict  # noqa: E402
 
 DEFAULT_VARIANTS = "ppar,erm,align-none,reweight-none,vtp-ema,vtp-mix"
 

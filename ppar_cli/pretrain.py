@@ -34,9 +34,9 @@ def command(
     check_only: Annotated[bool, typer.Option("--check-only", help="Only check the existing --out prior.")] = False,
     json_output: JsonOption = False,
 ) -> None:
-    from ppar_core.clip.pretrain import PretrainConfig, pretrain, read_prior_info
-    from ppar_core.clip.zeroshot import check_prior
     from ppar_core.errors import PparError
+    from ppar_core.prior.pretrain import PretrainConfig, pretrain, read_prior_info
+    from ppar_core.prior.zeroshot import check_prior
 
     if resume and force:
         raise PparError("--resume and --force contradict each other: pass one of them.")
@@ -76,7 +76,7 @@ def _fmt(value: float | None) -> str:
 
 
 def checks_table(checks: dict[str, Any]) -> Table:
-    """The prior's checks (`ppar_core.clip.zeroshot.check_prior`) as one table: measured value and chance level."""
+    """The prior's checks (`ppar_core.prior.zeroshot.check_prior`) as one table: measured value and chance level."""
     table = Table(title="Checks of the prior (no training of any head)")
     table.add_column("check")
     table.add_column("measured", justify="right")

@@ -1,7 +1,7 @@
 """The built-in demo: synthetic domains -> the embedded CLIP prior -> text prototypes -> train on `synth-source` ->
 evaluate on `synth-real`, `synth-night`, `synth-fog`.
 
-The prior is the `tiny` CLIP that `ppar_core.clip.pretrain` trains on synthetic image-text pairs (a few minutes on
+The prior is the `tiny` CLIP that `ppar_core.prior.pretrain` trains on synthetic image-text pairs (a few minutes on
 two CPU cores, then cached). It is a miniature of CLIP made from synthetic data, not CLIP: the figures the demo prints
 are measured on this run and say nothing about real data or about the paper. The same functions run the synthetic
 benchmark (`run_variants`: each method variant, several seeds) for `ppar demo --compare` and `bench/ablation.py`.
@@ -23,10 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ppar_core import __version__
-from ppar_core.clip.pretrain import PretrainConfig, PretrainResult, pretrain, read_prior_info, recipe_dict
 from ppar_core.clip.weights import build_clip_model
-from ppar_core.clip.zeroshot import dense_zero_shot
 from ppar_core.config import TrainConfig, get_train_preset, merge
 from ppar_core.data import build_dataset
 from ppar_core.data.synth import write_domains
@@ -36,8 +33,11 @@ from ppar_core.evaluation.report import mean_over_targets
 from ppar_core.files import atomic_write
 from ppar_core.imageio import write_png
 from ppar_core.predict import Predictor
+from ppar_core.prior.pretrain import PretrainConfig, PretrainResult, pretrain, read_prior_info, recipe_dict
+from ppar_core.prior.zeroshot import dense_zero_shot
 from ppar_core.progress import ProgressFn
 from ppar_core.prototypes import build_prototypes, load_prototypes, save_prototypes
+from ppar_core.version import __version__
 from ppar_core.visualize import overlay, overlay_with_legend
 
 log = logging.getLogger("ppar.demo")

@@ -95,8 +95,8 @@ def test_demo_refuses_a_folder_that_is_not_a_demo_folder(cli, tmp_path: Path) ->
 def _small_prior(path: Path) -> Path:
     """A prior pretrained in about a second (2 steps on a pool of 4 small scenes): the demo's plumbing, not its
     figures."""
-    from ppar_core.clip.pairs import PairsConfig
-    from ppar_core.clip.pretrain import PretrainConfig, pretrain
+    from ppar_core.prior.pairs import PairsConfig
+    from ppar_core.prior.pretrain import PretrainConfig, pretrain
 
     pairs = PairsConfig(
         render_size=(64, 128), scene_size=(64, 128), region_size=32, region_side=(16, 48), pool_size=4,

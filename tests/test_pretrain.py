@@ -16,15 +16,11 @@ from open_clip.loss import ClipLoss
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import ppar_core.clip.pretrain as library
-import ppar_core.clip.zeroshot as zeroshot
+import ppar_core.prior.pretrain as library
+import ppar_core.prior.zeroshot as zeroshot
 from ppar_core.clip.encoder import DenseClipEncoder
-from ppar_core.clip.pairs import PairsConfig, PairStream, distinct_class_groups
 from ppar_core.clip.presets import get_preset
-from ppar_core.clip.pretrain import PretrainConfig, pretrain, read_prior_info
-from ppar_core.clip.pretrain_loss import batch_loss, encode_text_prefix
 from ppar_core.clip.weights import build_clip_model, get_tokenizer, resolve_quick_gelu
-from ppar_core.clip.zeroshot import DenseZeroShot, recall_at
 from ppar_core.data.base import Sample
 from ppar_core.data.synth import BUILTIN_STYLES, Style, generate_layout
 from ppar_core.data.synth.captions import CLASS_WORDS, region_caption, sample_regions, scene_caption
@@ -33,6 +29,10 @@ from ppar_core.demo import cached_prior_path, ensure_prior
 from ppar_core.errors import PparError
 from ppar_core.evaluation.evaluate import evaluate_dataset
 from ppar_core.labels import CLASS_NAMES, NUM_CLASSES
+from ppar_core.prior.loss import batch_loss, encode_text_prefix
+from ppar_core.prior.pairs import PairsConfig, PairStream, distinct_class_groups
+from ppar_core.prior.pretrain import PretrainConfig, pretrain, read_prior_info
+from ppar_core.prior.zeroshot import DenseZeroShot, recall_at
 from ppar_core.protocol import InferenceConfig
 from ppar_core.prototypes import build_prototypes, text_prototypes
 

@@ -3,7 +3,7 @@
 No CLIP weights can be downloaded where ppar's demo must run, and a random tower's "text prototypes" are random
 vectors. So ppar makes a miniature CLIP itself: open_clip's own `CLIP` model (the `tiny` config) trained with
 open_clip's own `ClipLoss` (the CLIP objective: symmetric cross-entropy over the image-text similarities of a batch)
-on the pairs of `ppar_core.clip.pairs`: scenes captioned from their layouts, and region crops captioned with their
+on the pairs of `ppar_core.prior.pairs`: scenes captioned from their layouts, and region crops captioned with their
 main class. It is NOT CLIP and knows nothing of real images; it gives the synthetic benchmark what CLIP gives the real
 one, an image-text space learned from a broad distribution of looks.
 
@@ -39,19 +39,19 @@ import torch
 from open_clip.loss import ClipLoss
 from safetensors.torch import save
 
-from ppar_core import __version__
 from ppar_core.checkpoint import load_training_state, save_training_state, sibling_state_path
 from ppar_core.clip.encoder import DenseClipEncoder
-from ppar_core.clip.pairs import PairsConfig, PairStream
 from ppar_core.clip.presets import get_preset
-from ppar_core.clip.pretrain_loss import batch_loss
 from ppar_core.clip.weights import build_clip_model, get_tokenizer, load_state_dict_file, model_config_of
 from ppar_core.config import OptimConfig, from_dict, to_dict
 from ppar_core.engine.interrupt import StopFlag
 from ppar_core.engine.optim import build_optimizer, lr_at, set_lr
 from ppar_core.errors import PparError
 from ppar_core.files import atomic_write
+from ppar_core.prior.loss import batch_loss
+from ppar_core.prior.pairs import PairsConfig, PairStream
 from ppar_core.progress import ProgressFn
+from ppar_core.version import __version__
 
 log = logging.getLogger("ppar.pretrain")
 

@@ -1,4 +1,4 @@
-"""The loss of one pretraining batch of the embedded CLIP prior (`ppar_core.clip.pretrain`).
+"""The loss of one pretraining batch of the embedded CLIP prior (`ppar_core.prior.pretrain`).
 
 Everything here is open_clip's CLIP objective (`ClipLoss`, symmetric cross-entropy over the image-text similarities
 of a batch) applied to three kinds of pairs: scenes and their captions, region crops and their class captions, and
@@ -17,8 +17,8 @@ from open_clip.loss import ClipLoss
 from torch import Tensor
 
 from ppar_core.clip.encoder import DenseClipEncoder
-from ppar_core.clip.pairs import PairBatch, distinct_class_groups
 from ppar_core.normalize import normalize
+from ppar_core.prior.pairs import PairBatch, distinct_class_groups
 
 
 def encode_text_prefix(model: Any, tokens: Tensor) -> Tensor:

@@ -22,10 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppar_core.clip.encoder import DenseClipEncoder
-from ppar_core.clip.pairs import heldout_scenes
 from ppar_core.clip.presets import get_preset
-from ppar_core.clip.pretrain import PRESET
-from ppar_core.clip.pretrain_loss import embed_texts
 from ppar_core.clip.weights import build_clip_model, get_tokenizer
 from ppar_core.data.base import Sample
 from ppar_core.data.synth import make_sample
@@ -34,6 +31,9 @@ from ppar_core.evaluation.evaluate import evaluate_dataset
 from ppar_core.labels import NUM_CLASSES
 from ppar_core.metrics import SegMetrics
 from ppar_core.normalize import normalize
+from ppar_core.prior.loss import embed_texts
+from ppar_core.prior.pairs import heldout_scenes
+from ppar_core.prior.pretrain import PRESET
 from ppar_core.progress import ProgressFn
 from ppar_core.protocol import InferenceConfig
 from ppar_core.prototypes import text_prototypes
