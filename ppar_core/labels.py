@@ -52,6 +52,30 @@ CITYSCAPES_CLASSES: tuple[LabelClass, ...] = (
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CITYSCAPES_CLASSES)
+# The words for each class, its name first, then the synonyms: what the text prototypes prompt with
+# (`clip.text.CLASS_PROMPTS`) and what the embedded prior's captions say, so that its text tower learns every word it
+# will be asked about.
+CLASS_WORDS: dict[str, tuple[str, ...]] = {
+    "road": ("road",),
+    "sidewalk": ("sidewalk", "pavement"),
+    "building": ("building",),
+    "wall": ("wall",),
+    "fence": ("fence",),
+    "pole": ("pole",),
+    "traffic light": ("traffic light",),
+    "traffic sign": ("traffic sign",),
+    "vegetation": ("vegetation", "tree"),
+    "terrain": ("terrain", "grass"),
+    "sky": ("sky",),
+    "person": ("person", "pedestrian"),
+    "rider": ("rider",),
+    "car": ("car",),
+    "truck": ("truck",),
+    "bus": ("bus",),
+    "train": ("train",),
+    "motorcycle": ("motorcycle",),
+    "bicycle": ("bicycle",),
+}
 THING_TRAIN_IDS: tuple[int, ...] = tuple(range(11, 19))
 
 # (19, 3) uint8 colours by trainId; IGNORE pixels are drawn black by the visualisers.

@@ -23,12 +23,12 @@ from ppar_core.clip.presets import get_preset
 from ppar_core.clip.weights import build_clip_model, get_tokenizer, resolve_quick_gelu
 from ppar_core.data.base import Sample
 from ppar_core.data.synth import BUILTIN_STYLES, Style, generate_layout
-from ppar_core.data.synth.captions import CLASS_WORDS, region_caption, sample_regions, scene_caption
+from ppar_core.data.synth.captions import region_caption, sample_regions, scene_caption
 from ppar_core.data.synth.random_styles import sample_style
 from ppar_core.demo import cached_prior_path, ensure_prior
 from ppar_core.errors import PparError
 from ppar_core.evaluation.evaluate import evaluate_dataset
-from ppar_core.labels import CLASS_NAMES, NUM_CLASSES
+from ppar_core.labels import CLASS_NAMES, CLASS_WORDS, NUM_CLASSES
 from ppar_core.prior.loss import batch_loss, encode_text_prefix
 from ppar_core.prior.pairs import PairsConfig, PairStream, distinct_class_groups
 from ppar_core.prior.pretrain import PretrainConfig, pretrain, read_prior_info

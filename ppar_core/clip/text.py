@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ppar_core.errors import PparError
+from ppar_core.labels import CLASS_WORDS
 
 # Street-scene templates: the project's default set (driving-scene wording helps classes such as "pole" or "sign").
 STREET_TEMPLATES: tuple[str, ...] = (
@@ -54,29 +55,10 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"street": STREET_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
 
-# Class name -> the names its prompts use (the first is the class name itself). Synonyms are a choice of this
+# Class name -> the names its prompts use (the first is the class name itself): the one table of class words
+# (`labels.CLASS_WORDS`), which the embedded prior's captions also use. Synonyms are a choice of this
 # reconstruction: each adds len(templates) prompts to the class average. Pass synonyms=False to use names only.
-CLASS_PROMPTS: dict[str, tuple[str, ...]] = {
-    "road": ("road",),
-    "sidewalk": ("sidewalk", "pavement"),
-    "building": ("building",),
-    "wall": ("wall",),
-    "fence": ("fence",),
-    "pole": ("pole",),
-    "traffic light": ("traffic light",),
-    "traffic sign": ("traffic sign",),
-    "vegetation": ("vegetation", "tree"),
-    "terrain": ("terrain", "grass"),
-    "sky": ("sky",),
-    "person": ("person", "pedestrian"),
-    "rider": ("rider",),
-    "car": ("car",),
-    "truck": ("truck",),
-    "bus": ("bus",),
-    "train": ("train",),
-    "motorcycle": ("motorcycle",),
-    "bicycle": ("bicycle",),
-}
+CLASS_PROMPTS = CLASS_WORDS
 
 
 def load_templates(spec: str) -> tuple[str, ...]:

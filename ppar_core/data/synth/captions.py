@@ -18,31 +18,8 @@ import cv2
 import numpy as np
 
 from ppar_core.data.synth.styles import Style
-from ppar_core.labels import CLASS_NAMES, NUM_CLASSES
+from ppar_core.labels import CLASS_NAMES, CLASS_WORDS, NUM_CLASSES
 
-# Names a caption may use for each class: the class name first, then the synonyms the text prototypes also prompt
-# with (ppar_core.clip.text.CLASS_PROMPTS), so that the text tower learns every word it will be asked about.
-CLASS_WORDS: dict[str, tuple[str, ...]] = {
-    "road": ("road",),
-    "sidewalk": ("sidewalk", "pavement"),
-    "building": ("building",),
-    "wall": ("wall",),
-    "fence": ("fence",),
-    "pole": ("pole",),
-    "traffic light": ("traffic light",),
-    "traffic sign": ("traffic sign",),
-    "vegetation": ("vegetation", "tree"),
-    "terrain": ("terrain", "grass"),
-    "sky": ("sky",),
-    "person": ("person", "pedestrian"),
-    "rider": ("rider",),
-    "car": ("car",),
-    "truck": ("truck",),
-    "bus": ("bus",),
-    "train": ("train",),
-    "motorcycle": ("motorcycle",),
-    "bicycle": ("bicycle",),
-}
 _PLURALS = {"person": "people", "bus": "buses", "vegetation": "vegetation", "terrain": "terrain", "sky": "sky"}
 _MASS = {"road", "sky", "vegetation", "terrain", "grass"}  # words used without an article or a count
 # Classes a caption counts ("two cars"); the others are named without a number.
