@@ -1,10 +1,11 @@
 """Evaluation benchmark: `ppar eval`'s loop today against v0.1's, on the same model and images, in one run.
 
-    python bench/eval_speed.py                      # 40 synthetic 512x1024 images, the tiny preset, slide 512/341
+    python bench/eval_speed.py                      # 40 synthetic 512x1024 images, synth-tiny's model, slide 512/341
     python bench/eval_speed.py --images 4 --size 128x256 --repeats 1   # a smoke run
 
 Both loops score the same checkpoint (a `tiny` segmentor with random weights) on the same images with the same
-protocol, alternating ABBA (bench/common.py):
+protocol, alternating ABBA (bench/common.py). The model is the `synth-tiny` preset's (the `tiny` tower with the
+demo's head), as `ppar eval` runs it on the demo's checkpoints:
 
 - `v0.1`: each image decoded in the loop, normalised in float32 on the CPU (numpy), `infer_logits`, `argmax`, the
   confusion matrix; the reference, kept below as `v01_evaluate`.
@@ -19,13 +20,27 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import alternating_times, machine_info, write_result  # noqa: E402
+
+from ppar_core.config import get_train_preset  # noqa: E402
+from ppar_core.data import build_dataset  # noqa: E402
+from ppar_core.data.synth import write_domains  # noqa: E402
+from ppar_core.evaluation.evaluate import evaluate_dataset  # noqa: E402
+from ppar_core.inference import infer_logits  # noqa: E402
+from ppar_core.metrics import ConfusionAccumulator  # noqa: E402
+from ppar_core.modeling.segmentor import build_segmentor, resolve_model_config  # noqa: E402
+from ppar_core.normalize import CLIP_MEAN, CLIP_STD  # noqa: E402
+from ppar_core.protocol import InferenceConfig  # noqa: E402
+from ppar_core.prototypes import Prototypes  # noqa: E402
+from ppar_core.runtime import default_workers  # noqa: E402
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,12 +55,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def v01_evaluate(model: Any, dataset: Any, cfg: Any, num_classes: int) -> float:
     """v0.1's evaluation loop -> mIoU (percent)."""
-    import torch
-
-    from ppar_core.inference import infer_logits
-    from ppar_core.metrics import ConfusionAccumulator
-    from ppar_core.normalize import CLIP_MEAN, CLIP_STD
-
     mean = np.asarray(CLIP_MEAN, dtype=np.float32) * 255.0
     inv_std = 1.0 / (np.asarray(CLIP_STD, dtype=np.float32) * 255.0)
     accumulator = ConfusionAccumulator(num_classes)
@@ -60,19 +69,10 @@ def v01_evaluate(model: Any, dataset: Any, cfg: Any, num_classes: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    import torch
-
-    from ppar_core.data import build_dataset
-    from ppar_core.data.synth import write_domains
-    from ppar_core.evaluation.evaluate import evaluate_dataset
-    from ppar_core.modeling.segmentor import ModelConfig, build_segmentor, resolve_model_config
-    from ppar_core.protocol import InferenceConfig
-    from ppar_core.prototypes import Prototypes
-    from ppar_core.runtime import default_workers
-
     height, width = (int(v) for v in args.size.lower().split("x"))
     torch.manual_seed(0)
-    model_cfg = resolve_model_config(ModelConfig(preset="tiny", pretrained=None))
+    # The synth-tiny preset's model (the demo's: `ppar eval` on its checkpoints), random weights.
+    model_cfg = resolve_model_config(replace(get_train_preset("synth-tiny").model, pretrained=None))
     model = build_segmentor(model_cfg, prototypes=Prototypes(otp=torch.randn(19, 64)), load_weights=False).eval()
     protocol = InferenceConfig(mode="slide", crop_size=512, stride=341)
     workers = default_workers() if args.workers is None else args.workers
