@@ -72,14 +72,14 @@ fi
 AMP=(--amp)
 [[ "${BENCH_AMP:-1}" == 0 ]] && AMP=()
 log "train step: $PRESET ${IMAGE}x${IMAGE} batch $BATCH on $DEVICE, ${WARMUP} warm-up + ${REPEATS} timed steps each"
-timeout 200 "$VPY" bench/train_step.py --device "$DEVICE" --preset "$PRESET" --image-size "$IMAGE" \
+timeout 170 "$VPY" bench/train_step.py --device "$DEVICE" --preset "$PRESET" --image-size "$IMAGE" \
   --batch-size "$BATCH" "${AMP[@]}" --warmup "$WARMUP" --repeats "$REPEATS" \
   --json "$OUT/train_step_${DEVICE%%:*}.json" 2> "$OUT/train_step.stderr" | tee "$OUT/train_step.txt"
 
 # --- 3. data pipeline, every CPU core -----------------------------------------------------------------------------
 log "data pipeline: ${DATA_SIZE:-1052x1914} synthetic PNGs, gta5 augment, $WORKERS workers"
-timeout 100 "$VPY" bench/data_pipeline.py --workers "$WORKERS" --size "${DATA_SIZE:-1052x1914}" \
-  --frames "${DATA_IMAGES:-16}" --samples "${DATA_SAMPLES:-24}" --repeats 1 \
+timeout 130 "$VPY" bench/data_pipeline.py --workers "$WORKERS" --size "${DATA_SIZE:-1052x1914}" \
+  --frames "${DATA_IMAGES:-8}" --samples "${DATA_SAMPLES:-24}" --repeats 1 \
   --json "$OUT/data_pipeline.json" 2> "$OUT/data_pipeline.stderr" | tee "$OUT/data_pipeline.txt"
 
 # --- 4. end to end: train() 300 steps on a prepared GTA5-sized copy, then the final evaluation -------------------
