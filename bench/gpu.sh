@@ -32,6 +32,10 @@ PY="${PY:-python3}"
 VENV="${BENCH_VENV:-.venv-bench}"
 
 log() { printf '[gpu.sh %s] %s\n' "$(date -u +%H:%M:%S)" "$*" | tee -a "$OUT/gpu.log" >&2; }
+# A step that fails or times out is logged (its stderr file says why) and the next one still runs: one device
+# call must bring back every figure it can. The script exits 1 at the end if any step failed.
+FAILED=""
+failed() { FAILED="${FAILED:+$FAILED, }$1"; log "$1 failed or ran out of time: see $OUT/*.stderr"; }
 
 # --- 1. install ------------------------------------------------------------------------------------------------
 # A fresh venv that sees the machine's packages (its CUDA torch in particular: nothing is downloaded when the
@@ -74,22 +78,24 @@ AMP=(--amp)
 log "train step: $PRESET ${IMAGE}x${IMAGE} batch $BATCH on $DEVICE, ${WARMUP} warm-up + ${REPEATS} timed steps each"
 timeout 170 "$VPY" bench/train_step.py --device "$DEVICE" --preset "$PRESET" --image-size "$IMAGE" \
   --batch-size "$BATCH" "${AMP[@]}" --warmup "$WARMUP" --repeats "$REPEATS" \
-  --json "$OUT/train_step_${DEVICE%%:*}.json" 2> "$OUT/train_step.stderr" | tee "$OUT/train_step.txt"
+  --json "$OUT/train_step_${DEVICE%%:*}.json" 2> "$OUT/train_step.stderr" | tee "$OUT/train_step.txt" \
+  || failed "train step"
 
 # --- 3. data pipeline, every CPU core -----------------------------------------------------------------------------
 log "data pipeline: ${DATA_SIZE:-1052x1914} synthetic PNGs, gta5 augment, $WORKERS workers"
 timeout 130 "$VPY" bench/data_pipeline.py --workers "$WORKERS" --size "${DATA_SIZE:-1052x1914}" \
   --frames "${DATA_IMAGES:-8}" --samples "${DATA_SAMPLES:-24}" --repeats 1 \
-  --json "$OUT/data_pipeline.json" 2> "$OUT/data_pipeline.stderr" | tee "$OUT/data_pipeline.txt"
+  --json "$OUT/data_pipeline.json" 2> "$OUT/data_pipeline.stderr" | tee "$OUT/data_pipeline.txt" \
+  || failed "data pipeline"
 
 # --- 4. end to end: train() 300 steps on a prepared GTA5-sized copy, then the final evaluation -------------------
 log "end to end: $PRESET, batch $BATCH, ${IMAGE} crops, ${E2E_STEPS:-300} steps on $DEVICE, then evaluation"
 timeout 240 "$VPY" bench/train_e2e.py --device "$DEVICE" --preset "$PRESET" --batch "$BATCH" --crop "$IMAGE" \
   --steps "${E2E_STEPS:-300}" --frames "${E2E_FRAMES:-64}" --size "${DATA_SIZE:-1052x1914}" \
   --resize "${E2E_RESIZE:-720x1280}" --eval-images "${E2E_EVAL_IMAGES:-8}" --eval-size "${E2E_EVAL_SIZE:-1024x2048}" \
-  --log-every "${E2E_LOG_EVERY:-25}" --json "$OUT/train_e2e.json" 2> "$OUT/train_e2e.stderr" | tee "$OUT/train_e2e.txt"
+  --log-every "${E2E_LOG_EVERY:-25}" --json "$OUT/train_e2e.json" 2> "$OUT/train_e2e.stderr" | tee "$OUT/train_e2e.txt" \
+  || failed "end to end"
 
-log "done: results in $OUT"
-tail -n 1 "$OUT/train_step.txt"
-tail -n 1 "$OUT/data_pipeline.txt"
-tail -n 1 "$OUT/train_e2e.txt"
+log "done: results in $OUT${FAILED:+ (failed: $FAILED)}"
+for name in train_step data_pipeline train_e2e; do tail -n 1 "$OUT/$name.txt" 2>/dev/null || true; done
+[[ -z "$FAILED" ]]
