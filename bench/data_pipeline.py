@@ -99,7 +99,10 @@ def v01_sample(pairs: list[tuple[Path, Path]], k: int, id_map: Any) -> tuple[np.
     image_path, label_path = pairs[k % len(pairs)]
     with Image.open(image_path) as img:
         image = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    label = _v01_map(read_label_index(label_path), id_map.lut, id_map.known)
+    with Image.open(label_path) as img:  # v0.1 decoded labels with PIL too (palette indices, forced full decode)
+        img.load()
+        raw = np.asarray(img if img.mode in ("P", "L", "I;16") else img.convert("L"))
+    label = _v01_map(raw, id_map.lut, id_map.known)
     rng = np.random.default_rng([0, k])
     image, label = resize(image, label, size=AUGMENT.resize)
     factor = float(rng.uniform(*AUGMENT.scale_range))
