@@ -18,9 +18,9 @@ HELP = """Show the reliability weights of a PPAR run, per class: mean, histogram
 
 Without --data it reads the statistics training stored in the checkpoint (warm-up steps recorded w = 1). With --data DATASET (or a FOLDER holding images/ and labels/ with trainId PNGs, i.e. --data folder=FOLDER) it computes the weights afresh, fully ramped in, for --num images evenly spread over the split: per-class statistics, the images with the most down-weighted pixels and, with --out, one heat map per image (lowest-weight decile outlined). --out also gets class_histograms.png and class_mean_weights.png (needs matplotlib: pip install 'ppar\\[plots]').
 
---by-source does that for each of the run's training sources (--num images from each, its training split): which source's pixels the reliability trusted less, one row per source, then each source's classes.
+--by-source does that for each of the run's training sources (--num images from each, its training split): which source's pixels the reliability trusted less, one row per source (its mean reliability, comparable across sources, and its weights, normalised per image), then each source's classes.
 
---json prints {"source", "sources", "classes": {name: {"mean", "hist", "low_fraction", "high_fraction", "pixels"}}, "images"}; with --compare it prints {"runs": {"A": {"checkpoint", "source", "sources", "classes", "images"}, "B": {...}}} and --out gets sub-folders A/ and B/; with --by-source {"by_source": {SOURCE: {...}}}.
+--json prints {"source", "sources", "classes": {name: {"mean", "hist", "low_fraction", "high_fraction", "pixels"}}, "images"} (and "mean_reliability" with --data); with --compare it prints {"runs": {"A": {"checkpoint", "source", "sources", "classes", "images"}, "B": {...}}} and --out gets sub-folders A/ and B/; with --by-source {"by_source": {SOURCE: {...}}}.
 
 Example: [bold]ppar analyze-weights runs/g2cbm/last.safetensors --data gta5 --num 16 --out weights/[/bold]
 Compare: [bold]ppar analyze-weights runs/otp/last.safetensors --compare runs/ratio/last.safetensors[/bold]
@@ -190,9 +190,10 @@ def _class_table(report: WeightReport, *, title: str | None = None) -> Table:
 
 
 def _source_table(reports: dict[str, WeightReport]) -> Table:
-    """One row per training source: overall mean weight, low and high shares, and its three least trusted classes."""
+    """One row per training source: mean reliability (before normalisation, so comparable across sources), mean
+    weight, low and high shares, and its three least trusted classes."""
     table = Table(title="Weights per training source (least trusted classes first)")
-    for column in ("source", "images", "pixels", "mean", "< 0.5 %", "> 2 %"):
+    for column in ("source", "images", "pixels", "reliability", "mean", "< 0.5 %", "> 2 %"):
         table.add_column(column, justify="left" if column == "source" else "right")
     table.add_column("least trusted")
     for name, report in reports.items():
@@ -202,6 +203,7 @@ def _source_table(reports: dict[str, WeightReport]) -> Table:
             name,
             str(len(report.images)),
             f"{pixels:,}",
+            _mean(report.mean_reliability),
             _mean(overall["mean"]),
             _pct(overall["low_fraction"] or 0.0, pixels),
             _pct(overall["high_fraction"] or 0.0, pixels),

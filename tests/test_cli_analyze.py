@@ -27,7 +27,10 @@ def none_run(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path
 
 
 def _check_schema(obj: dict, *, source: str) -> None:
-    assert set(obj) == {"source", "sources", "classes", "images"} and obj["source"] == source
+    extra = {"mean_reliability"} if source == "data" else set()  # before normalisation: comparable across data
+    assert set(obj) == {"source", "sources", "classes", "images", *extra} and obj["source"] == source
+    if source == "data":
+        assert 0.0 < obj["mean_reliability"] <= 1.0  # mode otp: the mean of p_OTP[y] over labelled pixels
     assert list(obj["classes"]) == list(CLASS_NAMES)
     for entry in obj["classes"].values():
         assert set(entry) == CLASS_KEYS

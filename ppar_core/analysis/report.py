@@ -54,14 +54,20 @@ class WeightReport:
     schedule: StepSchedule | None = None  # source "checkpoint": what the recorded steps applied
     files: list[Path] = field(default_factory=list)  # PNGs written
     plots_note: str | None = None  # why the matplotlib plots were not written, and how to get them
+    # source "data": the mean reliability r (p_OTP[y], or the ratio) over the labelled pixels, before the weights'
+    # per-image normalisation: comparable across datasets, where the weights' mean is 1 by construction
+    mean_reliability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "source": self.source,
             "sources": self.sources,
             "classes": self.classes,
             "images": [image.to_dict() for image in self.images],
         }
+        if self.source == "data":
+            out["mean_reliability"] = self.mean_reliability
+        return out
 
     @property
     def total_pixels(self) -> int:

@@ -226,15 +226,19 @@ def analyze_images(
 
     stats = WeightStats.zeros(len(CLASS_NAMES))
     images: list[ImageWeights] = []
+    reliability_sum, reliability_pixels = 0.0, 0
     indices = spread_indices(len(dataset), config.num_images)
     for done, index in enumerate(indices, start=1):
         sample = dataset[index]
         image, label, (height, width) = prepare_pair(sample.image, sample.label, stride=stride, resize=resize)
         batch = image_to_tensor(image, device=device)
         labels = torch.from_numpy(label.astype(np.int64))[None].to(device)
-        weights, _ = weight_maps(model, batch, labels, loss=loss, class_mask=class_mask)
+        weights, r = weight_maps(model, batch, labels, loss=loss, class_mask=class_mask)
         w = weights[0, :height, :width].float().cpu()
         y = labels[0, :height, :width].cpu()
+        valid = y != loss.ignore_index
+        reliability_sum += float(r[0, :height, :width].cpu()[valid].double().sum())
+        reliability_pixels += int(valid.sum())
         # The trainer's own accumulator, so bins and counts mean exactly what the checkpoint statistics mean.
         stats.update(w, y, w_max=loss.w_max, ignore_index=loss.ignore_index)
         shown_image, shown_label = image[:height, :width], label[:height, :width]
@@ -262,6 +266,7 @@ def analyze_images(
         classes=classes,
         images=images,
         files=files,
+        mean_reliability=reliability_sum / reliability_pixels if reliability_pixels else None,
     )
 
 
