@@ -190,24 +190,26 @@ def _class_table(report: WeightReport, *, title: str | None = None) -> Table:
 
 
 def _source_table(reports: dict[str, WeightReport]) -> Table:
-    """One row per training source: mean reliability (before normalisation, so comparable across sources), mean
-    weight, low and high shares, and its three least trusted classes."""
-    table = Table(title="Weights per training source (least trusted classes first)")
-    for column in ("source", "images", "pixels", "reliability", "mean", "< 0.5 %", "> 2 %"):
-        table.add_column(column, justify="left" if column == "source" else "right")
-    table.add_column("least trusted")
+    """One row per training source: mean reliability r (before normalisation, so comparable across sources), mean
+    weight w, low and high weight shares, and its three least trusted classes."""
+    images = {len(r.images) for r in reports.values()}
+    table = Table(title=f"Per training source ({', '.join(map(str, sorted(images)))} images each)")
+    table.add_column("source", no_wrap=True)
+    for column in ("pixels", "r", "w", "< 0.5 %", "> 2 %"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("least trusted classes")
+    table.caption = "r: mean reliability, comparable across sources; w: mean weight (normalised per image)"
     for name, report in reports.items():
         overall, pixels = report.overall(), report.total_pixels
         seen = [n for n in _sorted_names(report.classes) if report.classes[n]["mean"] is not None]
         table.add_row(
             name,
-            str(len(report.images)),
             f"{pixels:,}",
             _mean(report.mean_reliability),
             _mean(overall["mean"]),
             _pct(overall["low_fraction"] or 0.0, pixels),
             _pct(overall["high_fraction"] or 0.0, pixels),
-            ", ".join(f"{n} {report.classes[n]['mean']:.2f}" for n in seen[:3]),
+            ", ".join(seen[:3]),
         )
     return table
 

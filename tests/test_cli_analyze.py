@@ -150,5 +150,5 @@ def test_by_source_equals_each_source_analysed_on_its_own(cli: Callable, synth_r
         alone = cli("analyze-weights", checkpoint, "--data", spec, "--num", "2", "--device", "cpu", "--json")
         assert json.loads(alone.out) == report  # the same analysis, one source at a time
     table = cli("analyze-weights", checkpoint, "--by-source", "--num", "2", "--device", "cpu")
-    assert table.code == 0 and "Weights per training source" in table.out
+    assert table.code == 0 and "Per training source" in table.out
     assert "trained on synth-source + synth-night" in table.out

@@ -59,7 +59,7 @@ class WeightReport:
     mean_reliability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "source": self.source,
             "sources": self.sources,
             "classes": self.classes,
