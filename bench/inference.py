@@ -113,10 +113,10 @@ def run_tower(visual: Any, image: Any, args: argparse.Namespace) -> None:
     `visual` may also be ppar's `DenseClipEncoder` (the "encoder" path: ppar's tower without its head)."""
     import torch
 
-    from ppar_core.protocol import window_starts
+    from ppar_core.protocol import window_boxes
 
     h, w = image.shape[-2:]
-    boxes = [(y, x) for y in window_starts(h, args.crop, args.stride) for x in window_starts(w, args.crop, args.stride)]
+    boxes = window_boxes(h, w, args.crop, args.stride)
     with torch.inference_mode():
         for first in range(0, len(boxes), args.batch_size):
             chunk = boxes[first : first + args.batch_size]
@@ -237,11 +237,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ppar_core.protocol import window_starts
+    from ppar_core.protocol import window_boxes
 
-    windows = len(window_starts(args.height, args.crop, args.stride)) * len(
-        window_starts(args.width, args.crop, args.stride)
-    )
+    windows = len(window_boxes(args.height, args.width, args.crop, args.stride))
     print(
         f"image {args.height}x{args.width}, {windows} windows {args.crop}/{args.stride}, batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",

@@ -87,12 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     from ppar_core.inference import infer_logits
     from ppar_core.normalize import image_to_tensor
     from ppar_core.onnx_predict import OnnxPredictor, infer_logits_np
-    from ppar_core.protocol import window_starts
+    from ppar_core.protocol import window_boxes
 
     cfg = inference_config(args)
-    windows = len(window_starts(args.height, args.crop, args.stride)) * len(
-        window_starts(args.width, args.crop, args.stride)
-    )
+    windows = len(window_boxes(args.height, args.width, args.crop, args.stride))
     print(
         f"{args.preset}, image {args.height}x{args.width}, {windows} windows {args.crop}/{args.stride}, batch "
         f"{args.batch_size}; torch {torch.__version__} with {torch.get_num_threads()} threads",

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ppar_core.errors import PparError
-from ppar_core.protocol import InferenceConfig, padded_size, scaled_size, window_starts
+from ppar_core.protocol import InferenceConfig, padded_size, scaled_size, window_boxes
 
 ModelFn = Callable[[Tensor], Tensor]
 
@@ -69,9 +69,7 @@ def _slide(
     h, w = image.shape[-2:]
     crop_h, crop_w = min(cfg.crop_size, h), min(cfg.crop_size, w)
     padded = padded_size(crop_h, crop_w, cfg.size_divisor)
-    boxes = [
-        (y, x) for y in window_starts(h, cfg.crop_size, cfg.stride) for x in window_starts(w, cfg.crop_size, cfg.stride)
-    ]
+    boxes = window_boxes(h, w, cfg.crop_size, cfg.stride)
     total: Tensor | None = None
     count: Tensor | None = None
     pending: list[tuple[int, int, Tensor]] = []  # (y, x, raw scores (1,K,h',w')) not yet in the sum

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ppar_core.errors import PparError
-from ppar_core.protocol import InferenceConfig, padded_size, scaled_size, window_starts
+from ppar_core.protocol import InferenceConfig, padded_size, scaled_size, window_boxes
 
 ONNX_FORMAT = "ppar-onnx-segmentor"
 ONNX_FORMAT_VERSION = 1
@@ -215,9 +215,7 @@ def _slide(
     h, w = image.shape[-2:]
     crop_h, crop_w = min(cfg.crop_size, h), min(cfg.crop_size, w)
     padded = _pad_target(crop_h, crop_w, cfg, pad_to)
-    boxes = [
-        (y, x) for y in window_starts(h, cfg.crop_size, cfg.stride) for x in window_starts(w, cfg.crop_size, cfg.stride)
-    ]
+    boxes = window_boxes(h, w, cfg.crop_size, cfg.stride)
     total = np.zeros((1, num_classes, h, w), dtype=np.float32)
     count = np.zeros((1, 1, h, w), dtype=np.float32)
     for first in range(0, len(boxes), cfg.batch_size):

@@ -70,6 +70,11 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
     return [min(i * stride, length - crop) for i in range(count)]
 
 
+def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """(top, left) of every sliding window of an image, row by row: `window_starts` along each axis."""
+    return [(y, x) for y in window_starts(height, crop, stride) for x in window_starts(width, crop, stride)]
+
+
 def padded_size(h: int, w: int, size_divisor: int) -> tuple[int, int]:
     """(h, w) rounded up to multiples of size_divisor: the size the model sees."""
     return h + (-h) % size_divisor, w + (-w) % size_divisor

@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_leaves
 
 from ppar_core.errors import PparError
 from ppar_core.inference import infer_logits, predict_labels
-from ppar_core.protocol import InferenceConfig, window_starts
+from ppar_core.protocol import InferenceConfig, window_boxes, window_starts
 
 K = 4
 
@@ -32,6 +32,12 @@ def conv_model(seed: int = 0) -> nn.Module:
 
 def random_image(h: int, w: int, seed: int = 0) -> Tensor:
     return torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_window_boxes_are_the_grid_of_both_axes_row_by_row() -> None:
+    # 600 rows: starts 0 and 88 (the last shifted back to the border); 1000 columns: 0, 341 and 488.
+    assert window_boxes(600, 1000, 512, 341) == [(0, 0), (0, 341), (0, 488), (88, 0), (88, 341), (88, 488)]
+    assert window_boxes(300, 400, 512, 341) == [(0, 0)]  # smaller than the crop: one window
 
 
 def test_window_starts_cover_the_axis() -> None:
