@@ -106,7 +106,7 @@ def check(
     Example: [bold]ppar data check cityscapes --data-root /data --split val[/bold]
     Example: [bold]ppar data check /data/gta5-720p[/bold]
     """  # noqa: E501
-    from ppar_core.data.check import check_dataset, check_prepared
+    from ppar_core.data.check import PreparedCheckReport, check_dataset, check_prepared
     from ppar_core.data.registry import build_dataset
 
     if root is not None:
@@ -114,21 +114,18 @@ def check(
             raise PparError(f"Dataset {dataset!r} already names a path: drop --root or the =PATH part.")
         dataset = f"{dataset}={root}"
     copy = _prepared_copy(dataset, data_root)
-    if copy is not None:
+    report: CheckReport | PreparedCheckReport
+    if copy is not None:  # a prepared copy: every file against its manifest
         with progress_bars() as bars:
-            prepared = check_prepared(copy[1], name=copy[0], progress=bars)
-        if json_out:
-            print_json(prepared.to_json())
-        else:
-            _render_prepared(prepared)
-        if not prepared.ok:
-            raise typer.Exit(1)
-        return
-    ds = build_dataset(dataset, split=split, data_root=data_root, mapillary_map=mapillary_map, id_map=id_map)
-    with progress_bars() as bars:
-        report = check_dataset(ds, limit=limit, progress=bars)
+            report = check_prepared(copy[1], name=copy[0], progress=bars)
+    else:
+        ds = build_dataset(dataset, split=split, data_root=data_root, mapillary_map=mapillary_map, id_map=id_map)
+        with progress_bars() as bars:
+            report = check_dataset(ds, limit=limit, progress=bars)
     if json_out:
         print_json(report.to_json())
+    elif isinstance(report, PreparedCheckReport):
+        _render_prepared(report)
     else:
         _render_report(report)
     if not report.ok:
