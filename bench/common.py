@@ -19,6 +19,7 @@ Peak memory, the two methods used in bench/ and why:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -228,6 +229,15 @@ def run_json_child(argv: Sequence[str], *, timeout_s: float = 900.0, env: dict[s
 def emit_child_result(payload: dict) -> None:
     """What a child started by `run_json_child` prints as its result (one line on stdout)."""
     print(JSON_PREFIX + json.dumps(payload), flush=True)
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """An argparse `type` for sizes written HEIGHTxWIDTH ("256x512" -> (256, 512))."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 256x512, got {text!r}") from None
+    return height, width
 
 
 def machine_info(device: Any = "cpu") -> dict[str, Any]:

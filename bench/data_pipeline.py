@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import alternating_times, machine_info, median_seconds, write_result  # noqa: E402
+from common import alternating_times, machine_info, median_seconds, size_arg, write_result  # noqa: E402
 
 from ppar_core.config import TRAIN_PRESETS  # noqa: E402
 from ppar_core.data import build_dataset  # noqa: E402
@@ -51,7 +51,7 @@ AUGMENT = TRAIN_PRESETS["gta5-vit-b16"].data.augment
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=16, help="GTA5-layout frames to write and read")
-    p.add_argument("--size", default="1052x1914", help="frame size HxW (GTA5's)")
+    p.add_argument("--size", type=size_arg, default=(1052, 1914), help="frame size HxW (GTA5's)")
     p.add_argument("--samples", type=int, default=24, help="training samples per timed run of a path")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each path, alternating")
     p.add_argument("--core", type=int, default=0, help="the core the per-core figures are pinned to")
@@ -217,7 +217,7 @@ def add_noise(folder: Path, *, sigma: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    height, width = (int(v) for v in args.size.lower().split("x"))
+    height, width = args.size
     all_cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     results: dict[str, Any] = {"machine": machine_info("cpu"), "config": vars(args).copy()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import alternating_times, machine_info, write_result  # noqa: E402
+from common import alternating_times, machine_info, size_arg, write_result  # noqa: E402
 
 from ppar_core.config import get_train_preset  # noqa: E402
 from ppar_core.data import build_dataset  # noqa: E402
@@ -46,7 +46,7 @@ from ppar_core.runtime import default_workers  # noqa: E402
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=40)
-    p.add_argument("--size", default="512x1024", help="image size HxW")
+    p.add_argument("--size", type=size_arg, default=(512, 1024), help="image size HxW")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=None, help="today's decoding threads (default: cores - 1)")
     p.add_argument("--json", dest="json_path", help="write the results here (default: $OUT/eval_speed.json)")
@@ -69,7 +69,7 @@ def v01_evaluate(model: Any, dataset: Any, cfg: Any, num_classes: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    height, width = (int(v) for v in args.size.lower().split("x"))
+    height, width = args.size
     torch.manual_seed(0)
     # The synth-tiny preset's model (the demo's: `ppar eval` on its checkpoints), random weights.
     model_cfg = resolve_model_config(replace(get_train_preset("synth-tiny").model, pretrained=None))

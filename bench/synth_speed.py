@@ -29,23 +29,15 @@ import cv2
 
 # Why a path insert: the benchmarks are scripts (`python bench/x.py`), and `common` sits beside them.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, median_seconds, write_result  # noqa: E402
+from common import machine_info, median_seconds, size_arg, write_result  # noqa: E402
 
 from ppar_core.data.synth import DEFAULT_DOMAINS, make_sample, write_domains  # noqa: E402
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 256x512, got {text!r}") from None
-    return height, width
 
 
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=100, help="images per domain")
-    parser.add_argument("--size", type=_size, default=(256, 512), help="HEIGHTxWIDTH of the images")
+    parser.add_argument("--size", type=size_arg, default=(256, 512), help="HEIGHTxWIDTH of the images")
     parser.add_argument("--repeats", type=int, default=1, help="timed passes per domain (median reported)")
     parser.add_argument("--no-write", action="store_true", help="skip the write_domains measurement")
     parser.add_argument("--json", dest="json_path", help="write the results here (default: $OUT/synth_speed.json)")

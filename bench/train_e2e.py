@@ -35,7 +35,7 @@ from typing import Any
 
 # Why a path insert: the benchmarks are scripts (`python bench/x.py`), and `common` sits beside them.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_result  # noqa: E402
+from common import machine_info, size_arg, write_result  # noqa: E402
 
 from ppar_core.config import get_train_preset, merge  # noqa: E402
 from ppar_core.data.prepare import prepare_dataset  # noqa: E402
@@ -48,25 +48,22 @@ PROTOCOL_STEPS = 20_000  # the gta5-vit-b16 preset's
 PROTOCOL_EVAL_IMAGES = 500  # Cityscapes val
 
 
-def _size(text: str) -> tuple[int, int]:
-    height, _, width = text.lower().partition("x")
-    return int(height), int(width)
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     p.add_argument("--preset", default="vit-b16", help="CLIP tower (random weights)")
     p.add_argument("--frames", type=int, default=64, help="GTA5-layout frames (the stream cycles over them)")
-    p.add_argument("--size", type=_size, default=(1052, 1914), help="frame size HxW (GTA5's)")
-    p.add_argument("--resize", type=_size, default=(720, 1280), help="the augment's first resize, HxW (the preset's)")
+    p.add_argument("--size", type=size_arg, default=(1052, 1914), help="frame size HxW (GTA5's)")
+    p.add_argument(
+        "--resize", type=size_arg, default=(720, 1280), help="the augment's first resize, HxW (the preset's)"
+    )
     p.add_argument("--crop", type=int, default=512, help="square training crop")
     p.add_argument("--batch", type=int, default=8, help="images per step")
     p.add_argument("--steps", type=int, default=300, help="training steps")
     p.add_argument("--log-every", type=int, default=25, help="steps per log window (the timing unit)")
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: usable cores minus one)")
     p.add_argument("--eval-images", type=int, default=8, help="Cityscapes-layout images to evaluate")
-    p.add_argument("--eval-size", type=_size, default=(1024, 2048), help="their size HxW")
+    p.add_argument("--eval-size", type=size_arg, default=(1024, 2048), help="their size HxW")
     p.add_argument("--data-dir", default=None, help="keep (and reuse) the frames and the copy here")
     p.add_argument("--json", dest="json_path", help="write the results here (default: $OUT/train_e2e.json)")
     return p.parse_args(argv)
@@ -137,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     projected_s = PROTOCOL_STEPS * figures["median_step_s"] + PROTOCOL_EVAL_IMAGES * per_image
     payload = {
         "machine": machine_info(args.device),
-        "args": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items()},
+        "config": vars(args).copy(),
         "workers": workers,
         "data_seconds": data_s,
         "train_seconds": train_s,
