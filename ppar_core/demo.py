@@ -36,7 +36,7 @@ from ppar_core.predict import Predictor
 from ppar_core.prior.pretrain import PretrainConfig, PretrainResult, pretrain, read_prior_info, recipe_dict
 from ppar_core.prior.zeroshot import dense_zero_shot
 from ppar_core.progress import ProgressFn
-from ppar_core.prototypes import build_prototypes, load_prototypes, save_prototypes
+from ppar_core.prototypes import RANDOM_WEIGHTS, build_prototypes, load_prototypes, save_prototypes
 from ppar_core.version import __version__
 from ppar_core.visualize import overlay, overlay_with_legend
 
@@ -144,7 +144,7 @@ def ensure_prototypes(path: Path, *, pretrained: str | None) -> Path:
     holds the prototypes of those weights."""
     if path.exists():
         try:
-            if load_prototypes(path).meta.get("pretrained") == (pretrained or "none (random weights)"):
+            if load_prototypes(path).meta.get("pretrained") == (pretrained or RANDOM_WEIGHTS):
                 return path
         except PparError:
             pass  # a damaged file of ours: rebuilt below

@@ -43,6 +43,7 @@ log = logging.getLogger("ppar.prototypes")
 PROTOTYPES_FORMAT = "ppar-prototypes"
 PROTOTYPES_FORMAT_VERSION = 1
 DEFAULT_MAX_IMAGES = 100
+RANDOM_WEIGHTS = "none (random weights)"  # what the metadata's "pretrained" says of a tower with random weights
 
 
 class SampleSource(Protocol):
@@ -306,7 +307,7 @@ def text_prototypes(
     otp = build_text_prototypes(clip, get_tokenizer(clip_preset), names, template_list, device=device)
     meta = {
         "model": clip_preset.name,
-        "pretrained": pretrained or "none (random weights)",
+        "pretrained": pretrained or RANDOM_WEIGHTS,
         "classes": list(space.class_names),
         "templates": list(template_list),
         "label_space": space.name,
