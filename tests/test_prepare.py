@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,32 @@ def test_png_copy_gives_bit_identical_training_samples(source: Path, png_copy: P
     assert dataset.prepared is not None and dataset.prepared["manifest_sha256"] == manifest["manifest_sha256"]
     assert (dataset.prepared["image_format"], dataset.prepared["lossy"]) == ("png", False)
     assert build_dataset(f"gta5={source}").prepared is None
+
+
+def _png_row_filters(path: Path) -> tuple[int, set[int]]:
+    """A PNG's zlib level class (FLEVEL bits of the zlib header) and the set of its rows' filter types, parsed from
+    the chunks by hand (8-bit images only)."""
+    data, offset, idat = path.read_bytes(), 8, b""
+    while offset < len(data):
+        (length,), kind = struct.unpack(">I", data[offset : offset + 4]), data[offset + 4 : offset + 8]
+        body = data[offset + 8 : offset + 8 + length]
+        if kind == b"IHDR":
+            width, _, depth, colour = struct.unpack(">IIBB", body[:10])
+            assert depth == 8
+            row = 1 + width * {0: 1, 2: 3}[colour]
+        idat += body if kind == b"IDAT" else b""
+        offset += 12 + length
+    raw = zlib.decompress(idat)
+    return idat[1] >> 6, {raw[i] for i in range(0, len(raw), row)}
+
+
+def test_a_png_copy_is_written_to_decode_fast(png_copy: Path) -> None:
+    # Stored images and labels carry no row filters (filter type 0 on every row): undoing filters is most of the
+    # decode time of such a PNG. Labels are deflated; images are stored (zlib's fastest level class, 0).
+    for image in (png_copy / "images").glob("*.png"):
+        assert _png_row_filters(image) == (0, {0})
+    for label in (png_copy / "labels").glob("*.png"):
+        assert _png_row_filters(label)[1] == {0}
 
 
 def test_jpeg_copy_is_marked_lossy_and_its_samples_are_close_not_equal(

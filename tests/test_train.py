@@ -13,13 +13,17 @@ from typing import Any
 
 import pytest
 import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
 from conftest import tiny_train_config
 from safetensors import safe_open
 
 from ppar_core.checkpoint import load_checkpoint, sibling_state_path
 from ppar_core.config import TrainConfig, from_dict, merge
 from ppar_core.engine import step as step_module
-from ppar_core.engine.train import train
+from ppar_core.engine.distributed import DistContext
+from ppar_core.engine.interrupt import StopFlag
+from ppar_core.engine.train import STOP_AGREE_EVERY, _should_stop, train
 from ppar_core.errors import PparError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,6 +305,38 @@ def test_sigkill_during_training_leaves_a_resumable_run(synth_root: Path, tmp_pa
     else:
         with pytest.raises(PparError, match=r"disagree"):
             train(cfg, resume=True)
+
+
+def _stop_agreement(rank: int, port: int, results: Any) -> None:
+    """One gloo rank of the stop test: rank 1 alone is asked to stop before step 3; both count their collectives."""
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    calls = 0
+    reduce = DistContext.all_reduce_sum
+
+    def counted(self: DistContext, t: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return reduce(self, t)
+
+    DistContext.all_reduce_sum = counted  # type: ignore[method-assign]
+    context = DistContext(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"), enabled=True)
+    flag = StopFlag()
+    stopped_at = None
+    for step in range(1, 4 * STOP_AGREE_EVERY):
+        flag.requested = rank == 1 and step >= 3
+        if _should_stop(flag, context, step):
+            stopped_at = step
+            break
+    results[rank] = (stopped_at, calls)
+    torch_dist.destroy_process_group()
+
+
+def test_ddp_ranks_agree_on_a_stop_at_the_same_step_with_one_collective_per_interval() -> None:
+    # Rank 1 is asked to stop before step 3; rank 0 never is. Both stop before step STOP_AGREE_EVERY (the next
+    # agreement), and neither made a collective on any other step: the steps between wait for nothing.
+    results = mp.Manager().dict()
+    mp.spawn(_stop_agreement, args=(29533, results), nprocs=2, join=True)
+    assert dict(results) == {0: (STOP_AGREE_EVERY, 1), 1: (STOP_AGREE_EVERY, 1)}
 
 
 @pytest.mark.slow

@@ -45,6 +45,9 @@ from ppar_core.runtime import default_workers, one_opencv_thread, restore_rng_st
 
 log = logging.getLogger("ppar.train")
 
+# A stop request (Ctrl-C, SIGTERM) under DDP takes effect within this many steps, at the same step on every rank.
+STOP_AGREE_EVERY = 10
+
 
 @dataclass
 class TrainResult:
@@ -203,7 +206,7 @@ def _train(
     wrapped.train()
     with StopFlag() as stop:
         while step < cfg.iters:
-            if _should_stop(stop, dist):
+            if _should_stop(stop, dist, step):
                 interrupted = True
                 break
             done = step + 1  # the steps done once this one is: what the log, checkpoint and evaluation go by
@@ -276,9 +279,14 @@ def _train(
     return result
 
 
-def _should_stop(stop: StopFlag, dist: DistContext) -> bool:
+def _should_stop(stop: StopFlag, dist: DistContext, step: int) -> bool:
+    """Whether to stop before `step`. Alone, at once. Under DDP the ranks must stop at the same step, which takes
+    an all-reduce and a host read; they agree every STOP_AGREE_EVERY steps, so a step that does not log still waits
+    for the device at most once."""
     if not dist.enabled:
         return stop.requested
+    if step % STOP_AGREE_EVERY:
+        return False
     flag = torch.tensor([1.0 if stop.requested else 0.0], device=dist.device)
     return bool(dist.all_reduce_sum(flag).item() > 0)
 

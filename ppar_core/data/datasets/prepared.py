@@ -42,7 +42,8 @@ _IMREAD_FLAGS = (cv2.IMREAD_COLOR if _COLOR_RGB is None else _COLOR_RGB) | cv2.I
 # Stored (zlib level 0): measured 2-4x faster to decode than any compressed level or strategy, for 1.4-1.8x the
 # bytes (docs/DATASETS.md, "Prepared copies"). The copy exists to be decoded fast; disk is the cheaper resource.
 DEFAULT_PNG_COMPRESSION = 0
-# Labels shrink ~70x at level 1 and decode about as fast as stored ones (measured at 720p).
+# Labels shrink ~50x at level 1 (without row filters: `prepare.png_params`) and decode as fast as stored ones
+# (measured at 720x1280: 0.6 ms, 18 KB).
 LABEL_PNG_COMPRESSION = 1
 IMAGE_EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}
 
