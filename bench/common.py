@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ppar_core.config import parse_hxw
+
 __all__ = [
     "RssPeakSampler",
     "TimingResult",
@@ -233,11 +235,10 @@ def emit_child_result(payload: dict) -> None:
 
 def size_arg(text: str) -> tuple[int, int]:
     """An argparse `type` for sizes written HEIGHTxWIDTH ("256x512" -> (256, 512))."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 256x512, got {text!r}") from None
-    return height, width
+    size = parse_hxw(text)
+    if size is None:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 256x512, got {text!r}")
+    return size
 
 
 def machine_info(device: Any = "cpu") -> dict[str, Any]:

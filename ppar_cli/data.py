@@ -205,12 +205,12 @@ def prepare(
 
 def parse_resize(text: str) -> tuple[int, int] | None:
     """`--resize`: 'HxW' -> (H, W); 'none' -> None; 'preset:NAME' -> that training preset's augment resize."""
+    from ppar_core.config import TRAIN_PRESETS, parse_hxw
+
     value = text.strip()
     if value.lower() == "none":
         return None
     if value.lower().startswith("preset:"):
-        from ppar_core.config import TRAIN_PRESETS
-
         preset = value.split(":", 1)[1].strip()
         if preset not in TRAIN_PRESETS:
             raise PparError(
@@ -218,12 +218,12 @@ def parse_resize(text: str) -> tuple[int, int] | None:
                 "none."
             )
         return TRAIN_PRESETS[preset].data.augment.resize
-    height, sep, width = value.lower().partition("x")
-    if not sep or not height.strip().isdigit() or not width.strip().isdigit() or min(int(height), int(width)) < 1:
+    size = parse_hxw(value)
+    if size is None:
         raise PparError(
             f"--resize {text!r} is not HxW, none or preset:NAME: write e.g. --resize 720x1280 (height x width)."
         )
-    return int(height), int(width)
+    return size
 
 
 def _prepared_copy(dataset: str, data_root: Path | None) -> tuple[str | None, Path] | None:
@@ -355,10 +355,12 @@ def _synth_in_layout(
 
 def parse_size(text: str) -> tuple[int, int]:
     """'256x512' -> (256, 512) (H, W); PparError on anything else."""
-    height, sep, width = text.lower().partition("x")
-    if not sep or not height.strip().isdigit() or not width.strip().isdigit() or min(int(height), int(width)) < 1:
+    from ppar_core.config import parse_hxw
+
+    size = parse_hxw(text)
+    if size is None:
         raise PparError(f"Size {text!r} is not HxW with positive integers: write e.g. --size 256x512.")
-    return int(height), int(width)
+    return size
 
 
 def _render_report(report: CheckReport) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field, replace
@@ -237,6 +238,15 @@ def merge(cfg: T, data: dict[str, Any]) -> T:
 
     deep_update(full, data)
     return from_dict(type(cfg), full)
+
+
+def parse_hxw(text: str) -> tuple[int, int] | None:
+    """'720x1280' -> (720, 1280): height x width, two positive integers joined by x (spaces and X allowed); None for
+    anything else. The one grammar of every option that takes a size; each caller words its own error."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*", text)
+    if match is None or min(int(match[1]), int(match[2])) < 1:
+        return None
+    return int(match[1]), int(match[2])
 
 
 def _parse_value(text: str) -> Any:

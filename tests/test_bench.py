@@ -127,3 +127,10 @@ def test_end_to_end_training_benchmark_runs_and_projects_the_protocol(tmp_path: 
     # The projection is the protocol's steps at the measured median step plus 500 images at the measured rate.
     expected = (20_000 * results["median_step_s"] + 500 * results["eval_seconds_per_image"]) / 60.0
     assert results["projected_minutes"] == pytest.approx(expected) and 0.0 <= results["data_wait"] <= 1.0
+
+
+def test_a_bad_size_is_an_argparse_error_not_a_traceback() -> None:
+    # bench/common.size_arg parses sizes with the one grammar (ppar_core.config.parse_hxw): "0x5" is refused.
+    args = [sys.executable, str(ROOT / "bench" / "synth_speed.py"), "--size", "0x5"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "expected HEIGHTxWIDTH" in proc.stderr and "Traceback" not in proc.stderr

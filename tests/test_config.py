@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from ppar_cli.data import parse_resize as prepare_resize
+from ppar_cli.data import parse_size
+from ppar_core.analysis.weights import parse_resize as analysis_resize
 from ppar_core.config import (
     TRAIN_PRESETS,
     TrainConfig,
@@ -13,6 +16,7 @@ from ppar_core.config import (
     config_diff,
     from_dict,
     load_toml,
+    parse_hxw,
     resolve_config,
     to_dict,
 )
@@ -103,3 +107,21 @@ def test_toml_may_name_a_preset(tmp_path: Path) -> None:
     path.write_text('preset = "synth-tiny"\niters = 11\n')
     cfg = load_toml(path, base=TrainConfig())
     assert cfg.model.preset == "tiny" and cfg.iters == 11
+
+
+GOOD_SIZES = {"720x1280": (720, 1280), " 64 X 128 ": (64, 128), "1x1": (1, 1)}
+BAD_SIZES = ["720", "720x", "x1280", "0x5", "5x0", "-1x5", "7.5x10", "720x1280x3", "big", ""]
+
+
+def test_one_size_grammar_for_every_option_that_takes_hxw() -> None:
+    # Each caller words its own error, but all accept and refuse the same texts (bench/common.size_arg too:
+    # tests/test_bench.py).
+    for text, size in GOOD_SIZES.items():
+        assert parse_hxw(text) == size
+        assert parse_size(text) == prepare_resize(text) == size
+        assert analysis_resize(text, run_resize=None) == size
+    for text in BAD_SIZES:
+        assert parse_hxw(text) is None
+        for parse in (parse_size, prepare_resize, lambda t: analysis_resize(t, run_resize=None)):
+            with pytest.raises(PparError, match="HxW"):
+                parse(text)

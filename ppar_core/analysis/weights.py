@@ -23,7 +23,6 @@ of the backbone's stride (image 0, label 255, as training pads its crops); the w
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import Tensor
 
 from ppar_core.analysis.plots import write_class_plots, write_weight_overlay
 from ppar_core.analysis.report import PLOTS_HINT, ImageWeights, StepSchedule, WeightReport
+from ppar_core.config import parse_hxw
 from ppar_core.data import build_dataset
 from ppar_core.data.base import spread_indices
 from ppar_core.data.registry import parse_spec, source_class_table
@@ -161,10 +161,10 @@ def parse_resize(text: str, *, run_resize: tuple[int, int] | None) -> tuple[int,
         return run_resize
     if value == "none":
         return None
-    match = re.fullmatch(r"(\d+)x(\d+)", value)
-    if match is None or min(int(match.group(1)), int(match.group(2))) < 1:
+    size = parse_hxw(value)
+    if size is None:
         raise PparError(f"--resize {text!r} is not understood: use train, none, or HxW such as 720x1280.")
-    return int(match.group(1)), int(match.group(2))
+    return size
 
 
 def prepare_pair(
