@@ -97,8 +97,7 @@ def _v01_photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def v01_sample(pairs: list[tuple[Path, Path]], k: int, id_map: Any) -> tuple[np.ndarray, np.ndarray]:
     """Sample k the way v0.1 made it -> (image (3,h,w) float32 normalised, label (h,w) int64)."""
     image_path, label_path = pairs[k % len(pairs)]
-    with Image.open(image_path) as img:  # as v0.1 read it: asarray of the decoded image itself (~10 ms slower than
-        # of a converted copy, measured), made contiguous
+    with Image.open(image_path) as img:  # as v0.1's read_image: asarray of the decoded image, not of a converted copy
         img.load()
         image = np.ascontiguousarray(np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8))
     with Image.open(label_path) as img:  # v0.1 decoded labels with PIL too (palette indices, forced full decode)
