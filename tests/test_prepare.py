@@ -167,6 +167,32 @@ def test_an_interrupted_copy_resumes_without_rewriting_finished_files(source: Pa
     assert all((out / relative).is_file() for relative in lost) and check_prepared(out).ok
 
 
+def test_a_rerun_makes_a_damaged_file_again_instead_of_adopting_it(source: Path, png_copy: Path, tmp_path: Path):
+    out = tmp_path / "damaged"
+    shutil.copytree(png_copy, out)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    damaged = out / manifest["samples"][3]["image"]
+    damaged.write_bytes(damaged.read_bytes()[:500])  # truncated after the copy was finished
+    result = prepare_dataset(f"gta5={source}", out, resize=SIZE, workers=1)
+    assert (result.written, result.reused) == (1, NUM - 1)  # the damaged pair made again; the manifest is the same
+    assert result.manifest == manifest and check_prepared(out).ok
+    assert damaged.read_bytes() == (png_copy / manifest["samples"][3]["image"]).read_bytes()
+
+
+def test_a_damaged_manifest_is_named_and_the_folder_never_read_as_the_original(
+    cli: Callable[..., Any], source: Path, png_copy: Path, tmp_path: Path
+) -> None:
+    # Read as GTA5 itself, the copy's trainId labels would be mapped a second time: it must be refused instead.
+    out = tmp_path / "broken-manifest"
+    shutil.copytree(png_copy, out)
+    (out / MANIFEST_NAME).write_text("{ broken")
+    with pytest.raises(PparError, match=r"manifest.json is not valid JSON \(line 1\)"):
+        build_dataset(f"gta5={out}")
+    for args in (("data", "check", f"gta5={out}"), ("data", "prepare", f"gta5={source}", "--out", out)):
+        result = cli(*args)
+        assert result.code == 1 and "is not valid JSON (line 1)" in _one_line_error(result)
+
+
 def test_a_corrupt_source_pair_is_named_in_the_manifest_and_skipped(tmp_path: Path) -> None:
     source = write_in_layout("gta5", tmp_path / "gta5", num=4, size=(32, 64))
     broken = source / "images" / "synth_00002.png"
@@ -245,13 +271,14 @@ def test_bad_input_gives_one_line(cli: Callable[..., Any], source: Path, png_cop
         "is a file, but --out needs a folder": [f"gta5={source}", "--out", tmp_path / "file.txt"],
         "is a prepared copy of gta5 (train, from": [f"cityscapes={png_copy}", "--out", tmp_path / "b"],
         "--resize '720' is not HxW": [f"gta5={source}", "--out", tmp_path / "c", "--resize", "720"],
+        "sides from 1 to 8192 pixels": [f"gta5={source}", "--out", tmp_path / "d", "--resize", "100000x100000"],
         "is not empty and holds no prepared copy": [f"gta5={source}", "--out", tmp_path / "full"],
         "lies inside the dataset": [f"gta5={source}", "--out", source / "prepared"],
     }
     for expected, args in cases.items():
         assert expected in _one_line_error(cli("data", "prepare", *args))
     assert (tmp_path / "file.txt").read_text() == "mine" and sorted(os.listdir(tmp_path / "full")) == ["notes.txt"]
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    assert not any((tmp_path / name).exists() for name in ("a", "c", "d"))
     assert "not of cityscapes" in _one_line_error(cli("data", "check", f"cityscapes={png_copy}"))
     assert "holds no ppar manifest.json" in _one_line_error(cli("data", "check", tmp_path / "full"))
 

@@ -126,14 +126,14 @@ def prepare_dataset(
         **settings.to_json(),
         "parts": parts,
     }
-    done = _resume(out, header, force=force)
+    earlier = _resume(out, header, force=force)
     for folder in (out, out / "images", out / "labels"):
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(folder)  # left by a kill -9 mid-write; no other process writes a copy
-    if done is None:
-        done = {}
-    else:  # continuing a copy of these settings: its files written after its last record are complete, keep them
-        done.update(_adopt(out, [j for j in jobs if j.stem not in done], settings))
+    done: dict[str, dict[str, Any]] = {}
+    if earlier is not None:  # continuing a copy of these settings: files written after its last record are complete
+        done, changed = earlier
+        done.update(_adopt(out, [j for j in jobs if j.stem not in done and j.stem not in changed], settings))
     reused = sum(1 for j in jobs if j.stem in done)
     record = _Record(out / PARTIAL_NAME, header, done)
     record.flush(now=True)  # from here on, the folder says it is an unfinished copy of these settings
@@ -221,12 +221,13 @@ def _mapping(dataset: SegDataset, *, name: str, mapillary_map: str) -> dict[str,
     }
 
 
-def _resume(out: Path, header: dict[str, Any], *, force: bool) -> dict[str, dict[str, Any]] | None:
-    """What an earlier run left in `out` that this one keeps -> {file stem: manifest entry}, None for a fresh start.
+def _resume(out: Path, header: dict[str, Any], *, force: bool) -> tuple[dict[str, dict[str, Any]], set[str]] | None:
+    """What an earlier run left in `out` -> ({file stem: manifest entry} that this one keeps, the stems it recorded
+    whose files no longer match), None for a fresh start.
 
-    Entries of a complete or partial manifest of the same settings count when both files are present with their
-    recorded lengths. Anything else in a non-empty `out` is refused unless `force`, which removes an earlier copy's
-    files (and only them) and keeps nothing.
+    Entries of a complete or partial manifest of the same settings are kept when both files are present with their
+    recorded lengths; the others are made again (never adopted as found). Anything else in a non-empty `out` is
+    refused unless `force`, which removes an earlier copy's files (and only them) and keeps nothing.
     """
     if not out.exists() or not any(out.iterdir()):
         return None
@@ -254,12 +255,15 @@ def _resume(out: Path, header: dict[str, Any], *, force: bool) -> dict[str, dict
                 f"{json.dumps(manifest.get(key))} there, {json.dumps(wanted)} asked): pass --force to replace it, or "
                 "choose another --out."
             )
-    kept = {}
+    kept, changed = {}, set()
     for entry in manifest.get("samples", []):
         image, label = out / entry["image"], out / entry["label"]
+        stem = Path(entry["image"]).stem
         if _size(image) == entry["image_bytes"] and _size(label) == entry["label_bytes"]:
-            kept[Path(entry["image"]).stem] = entry
-    return kept
+            kept[stem] = entry
+        else:
+            changed.add(stem)
+    return kept, changed
 
 
 def _size(path: Path) -> int:

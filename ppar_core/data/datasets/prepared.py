@@ -46,6 +46,7 @@ DEFAULT_PNG_COMPRESSION = 0
 # (measured at 720x1280: 0.6 ms, 18 KB).
 LABEL_PNG_COMPRESSION = 1
 IMAGE_EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}
+MAX_SIDE = 8192  # the longest side a copy resizes to (a 4K frame is 3840 wide): a larger one is a typo
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,11 @@ class PrepareSettings:
             raise PparError(f"JPEG quality must be 1-100, got {self.jpeg_quality} (--quality).")
         if not 0 <= self.png_compression <= 9:
             raise PparError(f"PNG compression must be a zlib level 0-9, got {self.png_compression}.")
-        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):
-            raise PparError(f"Resize must be a positive (H, W) or None, got {self.resize!r} (--resize HxW or none).")
+        if self.resize is not None and (len(self.resize) != 2 or not all(1 <= v <= MAX_SIDE for v in self.resize)):
+            raise PparError(
+                f"Resize must be (H, W) with sides from 1 to {MAX_SIDE} pixels, or None, got {self.resize!r} "
+                "(--resize HxW or none)."
+            )
         return self
 
     @property
@@ -97,14 +101,25 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
-    """The ppar manifest at `path` -> its content, or None when the file is absent or is not a ppar manifest (some
-    other tool's `manifest.json` in a dataset root is left to the dataset's own loader)."""
+    """The ppar manifest at `path` -> its content, or None when the file is absent or is another tool's JSON (left
+    to the dataset's own loader). A file that is not JSON at all is a PparError: it may be a damaged ppar manifest,
+    and reading the folder as the original dataset would map its trainIds a second time."""
     if not path.is_file():
         return None
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    except UnicodeDecodeError:
+        content = None
+    except json.JSONDecodeError as exc:
+        content = exc
+    except OSError as exc:
+        raise PparError(f"{path} cannot be read ({exc.strerror}): check the disk and its permissions.") from None
+    if content is None or isinstance(content, json.JSONDecodeError):
+        where = f" (line {content.lineno})" if content is not None else ""
+        raise PparError(
+            f"{path} is not valid JSON{where}: if the folder is a ppar prepared copy, its manifest is damaged; run "
+            f"`ppar data prepare` again with the same settings and --force to remake the copy."
+        )
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         return None
     return content
