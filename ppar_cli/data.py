@@ -14,7 +14,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from ppar_cli.options import DataRootOption, ForceOption, JsonOption, console, print_json
+from ppar_cli.options import DataRootOption, ForceOption, JsonOption, console, print_json, report_interrupt
 from ppar_cli.render import progress_bars
 from ppar_core.errors import PparError
 
@@ -169,22 +169,38 @@ def prepare(
 
     size = parse_resize(resize)
     began = time.perf_counter()
+    counts = [0, 0]  # pairs done and in all, as the progress last said
+    interrupted = False
+
+    def progress(task: str, done: int, total: int) -> None:
+        counts[:] = [done, total]
+        bars(task, done, total)
+
     with progress_bars() as bars:
-        result = prepare_dataset(
-            dataset,
-            out,
-            split=split,
-            resize=size,
-            image_format=image_format.lower(),
-            jpeg_quality=quality,
-            png_compression=png_compression,
-            data_root=data_root,
-            mapillary_map=mapillary_map,
-            id_map=id_map,
-            workers=workers,
-            force=force,
-            progress=bars,
+        try:
+            result = prepare_dataset(
+                dataset,
+                out,
+                split=split,
+                resize=size,
+                image_format=image_format.lower(),
+                jpeg_quality=quality,
+                png_compression=png_compression,
+                data_root=data_root,
+                mapillary_map=mapillary_map,
+                id_map=id_map,
+                workers=workers,
+                force=force,
+                progress=progress,
+            )
+        except KeyboardInterrupt:  # said below, once the bars are closed and cannot draw over it
+            interrupted = True
+    if interrupted:
+        report_interrupt(
+            f"Interrupted with {counts[0]} of {counts[1]} pairs in {out}: run the same command again to continue "
+            "where it stopped."
         )
+        raise typer.Exit(130)
     seconds = time.perf_counter() - began
     manifest = result.manifest
     summary: dict[str, Any] = {

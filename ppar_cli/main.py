@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
 from ppar_cli import analyze, data, demo, evaluate, export, models, plot, predict, pretrain, prototypes, runs, train
-from ppar_cli.options import err_console
+from ppar_cli.options import Interrupt, err_console
 from ppar_cli.render import setup_logging
 from ppar_core import PparError, __version__
 
@@ -90,6 +90,7 @@ def _flags_given_a_value(command: Any, args: list[str]) -> None:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    Interrupt.requested = True
     raise KeyboardInterrupt
 
 
@@ -100,14 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
     setup_logging()
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if previous[signal.SIGINT] == signal.SIG_IGN:  # started in the background by a shell: Ctrl-C is not for us
+        del previous[signal.SIGINT]
+    Interrupt.requested = Interrupt.reported = False
     try:
-        signal.signal(signal.SIGTERM, _interrupt)  # what timeout, SLURM and docker send: stop as Ctrl-C does
+        for sig in previous:  # SIGTERM is what timeout, SLURM and docker send: stop as Ctrl-C does
+            signal.signal(sig, _interrupt)
     except ValueError:  # not the main thread (an embedding application): leave signals alone
-        previous = None
+        previous = {}
     try:
         _flags_given_a_value(command, args)
         code = command.main(args=args, prog_name="ppar", standalone_mode=False)
+        if code == 130 and Interrupt.requested and not Interrupt.reported:  # typer returns 130 for a KeyboardInterrupt
+            err_console.print(Text("Interrupted.", style="yellow"))
     except click_errors.NoArgsIsHelpError as exc:
         if exc.ctx is not None:
             exc.ctx.command.get_help(exc.ctx)  # typer prints its rich help itself and returns ""
@@ -131,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(Text("Interrupted.", style="yellow"))
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return code if isinstance(code, int) else 0
 
 

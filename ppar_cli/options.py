@@ -18,6 +18,21 @@ from rich.console import Console
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
+
+class Interrupt:
+    """Ctrl-C or SIGTERM during a command: `requested` once the signal came (set by `ppar_cli.main`), `reported` once a
+    command said what it means for its work (else main prints a plain "Interrupted.")."""
+
+    requested = False
+    reported = False
+
+
+def report_interrupt(message: str) -> None:
+    """Print what an interruption means for the command's work (one yellow line) and mark it said."""
+    err_console.print(message, style="yellow", markup=False, highlight=False)
+    Interrupt.reported = True
+
+
 DataRootOption = Annotated[
     Path | None,
     typer.Option(

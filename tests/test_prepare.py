@@ -6,12 +6,14 @@ frames, prepared at 48x96 so that the copy's resize is a real one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+import ppar_cli.data
 import ppar_core.labels as labels
 from ppar_core.data import build_dataset
 from ppar_core.data.check import check_prepared
@@ -281,6 +284,42 @@ def test_bad_input_gives_one_line(cli: Callable[..., Any], source: Path, png_cop
     assert not any((tmp_path / name).exists() for name in ("a", "c", "d"))
     assert "not of cityscapes" in _one_line_error(cli("data", "check", f"cityscapes={png_copy}"))
     assert "holds no ppar manifest.json" in _one_line_error(cli("data", "check", tmp_path / "full"))
+
+
+@contextlib.contextmanager
+def _ctrl_c_after(pairs: int) -> Iterator[Callable[[str, int, int], None]]:
+    """Progress bars that press Ctrl-C (SIGINT to this process) once `pairs` pairs are done."""
+
+    def update(task: str, done: int, total: int) -> None:
+        if done == pairs:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    yield update
+
+
+def test_ctrl_c_says_how_far_the_copy_got_and_the_same_command_continues(
+    cli: Callable[..., Any], source: Path, png_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "interrupted"
+    args = ("data", "prepare", f"gta5={source}", "--out", out, "--resize", "48x96", "--workers", "1")
+    monkeypatch.setattr(ppar_cli.data, "progress_bars", lambda: _ctrl_c_after(2))
+    result = cli(*args)
+    assert result.code == 130 and "Traceback" not in result.err
+    expected = f"Interrupted with 2 of {NUM} pairs in {out}: run the same command again to continue where it stopped."
+    assert result.err.strip() == expected
+    monkeypatch.undo()
+    result = cli(*args)
+    assert result.code == 0 and f"{NUM - 2} written, 2 kept" in result.out
+    assert json.loads((out / MANIFEST_NAME).read_text()) == json.loads((png_copy / MANIFEST_NAME).read_text())
+
+
+def test_ctrl_c_in_any_command_says_interrupted_and_exits_130(
+    cli: Callable[..., Any], source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # typer turns KeyboardInterrupt into exit code 130 without a word; the entry point says it.
+    monkeypatch.setattr(ppar_cli.data, "progress_bars", lambda: _ctrl_c_after(1))
+    result = cli("data", "check", f"gta5={source}")
+    assert (result.code, result.err.strip(), result.out) == (130, "Interrupted.", "")
 
 
 def test_prepare_help_has_an_example(cli: Callable[..., Any]) -> None:
