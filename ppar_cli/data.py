@@ -298,7 +298,7 @@ def synth(
 ) -> None:
     """Write the built-in synthetic domains (images/*.png, labels/*.png in trainIds), readable as synth-<style>. A domain already in --out is replaced completely with --force (never a mix of old and new images).
 
-    With --layout the scenes of one domain (default synth-source) are written in that dataset's own layout and label encoding, so the real-data workflow can be tried without the data: `ppar train --source gta5=DIR`.
+    With --layout the scenes of one domain (default synth-source) are written in that dataset's own layout and label encoding, so the real-data workflow can be tried without the data: `ppar train --source gta5=DIR`. With --force an earlier write's synth_* files in --out are deleted first (other files stay).
 
     Example: [bold]ppar data synth --out data --num 200 --domains synth-source,synth-night[/bold]
     Example: [bold]ppar data synth --out data/gta5 --layout gta5 --num 100[/bold]
@@ -359,7 +359,9 @@ def _synth_in_layout(
     if out.exists() and any(out.iterdir()) and not force:
         raise PparError(f"{out} is not empty: pass --force to write the {layout} layout into it, or another --out.")
     with progress_bars() as bars:
-        write_in_layout(layout, out, domain=domain, num=num, size=size, seed=seed, split=split, progress=bars)
+        write_in_layout(
+            layout, out, domain=domain, num=num, size=size, seed=seed, split=split, replace=force, progress=bars
+        )
     if json_out:
         print_json({"out": str(out), "layout": layout, "domain": domain, "num": num, "seed": seed})
         return

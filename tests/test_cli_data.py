@@ -145,3 +145,14 @@ def test_synth_in_a_real_layout_is_read_by_that_loader(cli: Callable, tmp_path: 
     assert check.code == 0 and json.loads(check.out)["pairs"] == 2
     again = cli("data", "synth", "--out", tmp_path / "gta5", "--layout", "gta5", "--num", "2")
     assert again.code == 1 and "is not empty" in again.err
+
+
+def test_synth_layout_with_force_replaces_an_earlier_write_and_keeps_other_files(cli: Callable, tmp_path: Path) -> None:
+    out = tmp_path / "gta5"
+    assert cli("data", "synth", "--out", out, "--layout", "gta5", "--num", "4", "--size", "32x64").code == 0
+    (out / "images" / "notes.txt").write_text("mine")
+    again = cli("data", "synth", "--out", out, "--layout", "gta5", "--num", "2", "--size", "48x96", "--force")
+    assert again.code == 0, again.err
+    check = json.loads(cli("data", "check", f"gta5={out}", "--json").out)
+    assert check["pairs"] == 2 and check["image_sizes"] == {"48x96": 2}
+    assert (out / "images" / "notes.txt").read_text() == "mine"

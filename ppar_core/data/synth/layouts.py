@@ -15,6 +15,7 @@ to 255.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def _acdc(root: Path, name: str, index: int, image: np.ndarray, labels: np.ndarr
 
 
 Writer = Callable[[Path, str, int, np.ndarray, np.ndarray, str], None]
+_OWN_NAME = re.compile(r"synth_[0-9]{5}[_.]")  # the files the writers above name, and no others
 LAYOUT_WRITERS: dict[str, Writer] = {"gta5": _gta5, "cityscapes": _cityscapes, "bdd100k": _bdd100k, "acdc": _acdc}
 
 
@@ -79,16 +81,23 @@ def write_in_layout(
     size: tuple[int, int] = (256, 512),
     seed: int = 0,
     split: str = "val",
+    replace: bool = False,
     progress: ProgressFn | None = None,
 ) -> Path:
     """Write `num` scenes of synthetic `domain` under `root` as dataset `layout` stores them -> `root`.
 
     size is (H, W); `split` names the split folder of the layouts that have one (gta5 has none). The scenes are
-    `make_sample(domain, i, size=size, seed=seed)`, named `synth_<i:05d>`.
+    `make_sample(domain, i, size=size, seed=seed)`, named `synth_<i:05d>`. `replace` first deletes every file named
+    `synth_<5 digits>...` under `root` (an earlier write's, in any layout or split), so the folder never mixes two
+    writes; other files stay.
     """
     if layout not in LAYOUT_WRITERS:
         raise PparError(f"Unknown layout {layout!r}: use one of {', '.join(LAYOUT_WRITERS)}.")
     root = Path(root)
+    if replace and root.is_dir():
+        for path in root.rglob("synth_*"):
+            if path.is_file() and _OWN_NAME.match(path.name):
+                path.unlink()
     for index in range(num):
         image, labels = make_sample(domain, index, size=size, seed=seed)
         LAYOUT_WRITERS[layout](root, f"synth_{index:05d}", index, image, labels, split)
