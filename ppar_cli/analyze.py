@@ -40,7 +40,9 @@ def command(
     ] = None,
     folder: Annotated[
         Path | None,
-        typer.Argument(help="Your own labelled images: a folder with images/ and labels/ (same as --data folder=…)."),
+        typer.Argument(
+            help="Your own labelled images: a folder with images/ and labels/ (same as --data folder=PATH)."
+        ),
     ] = None,
     data: Annotated[str | None, typer.Option(help="Compute weights on this dataset: NAME or NAME=PATH.")] = None,
     split: Annotated[str, typer.Option(help="Split of --data.")] = "train",

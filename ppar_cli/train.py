@@ -50,7 +50,9 @@ Several GPUs: [bold]torchrun --nproc-per-node 4 -m ppar_cli train ...[/bold]
 
 def command(
     config: Annotated[Path | None, typer.Option("--config", help="A TOML config file (see examples/).")] = None,
-    preset: Annotated[str | None, typer.Option(help="Start from a preset: gta5-vit-b16, synth-tiny.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Start from a preset: gta5-vit-b16, gta5+synthia-vit-b16 or synth-tiny.")
+    ] = None,
     source: Annotated[str | None, typer.Option(help="Source dataset(s), NAME or NAME=PATH, comma-separated.")] = None,
     targets: Annotated[str | None, typer.Option(help="Target datasets, comma-separated.")] = None,
     data_root: DataRootOption = None,
@@ -62,7 +64,12 @@ def command(
     align: Annotated[str | None, typer.Option(help="Alignment: none, direct or progressive.")] = None,
     reweight: Annotated[str | None, typer.Option(help="Reweighting: none, otp or ratio.")] = None,
     freeze_backbone: Annotated[
-        bool | None, typer.Option("--freeze-backbone/--train-backbone", help="Freeze the CLIP image tower.")
+        bool | None,
+        typer.Option(
+            "--freeze-backbone",
+            help="Freeze the CLIP image tower (--set model.freeze_backbone=false undoes a config file's).",
+            show_default=False,
+        ),
     ] = None,
     iters: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step per process.")] = None,
@@ -83,7 +90,10 @@ def command(
         int | None, typer.Option(help="DataLoader worker processes (default: the cores minus one, at most 16).")
     ] = None,
     log: Annotated[
-        str | None, typer.Option("--log", help="Also log to: none or tensorboard (<out>/tensorboard).")
+        str | None,
+        typer.Option(
+            "--log", help="Also log to: none, or tensorboard (event files in the run folder, under tensorboard/)."
+        ),
     ] = None,
 ) -> None:
     from dataclasses import replace

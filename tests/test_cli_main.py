@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from typer.testing import CliRunner
+
+from ppar_cli.main import app
 from ppar_core import __version__
+from ppar_core.config import TRAIN_PRESETS
 
 COMMANDS = (
     "data", "models", "prototypes", "train", "demo", "eval", "eval-predictions", "predict", "analyze-weights",
@@ -79,3 +83,13 @@ def test_importing_the_cli_is_light() -> None:
     code = "import sys, ppar_cli.main; print(sorted(m for m in ('torch', 'open_clip', 'cv2') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_help_reads_whole_at_80_columns_and_train_names_every_preset() -> None:
+    # Rich cuts a word too long for its column with "…": no help may lose text that way in an 80-column log.
+    runner = CliRunner()
+    for command in _all_commands():
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0 and "…" not in result.output, (command, result.output)
+        if command == ["train"]:
+            assert all(name in " ".join(result.output.split()) for name in TRAIN_PRESETS)
