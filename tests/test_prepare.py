@@ -182,7 +182,7 @@ def test_a_rerun_makes_a_damaged_file_again_instead_of_adopting_it(source: Path,
     assert damaged.read_bytes() == (png_copy / manifest["samples"][3]["image"]).read_bytes()
 
 
-def test_a_damaged_manifest_is_named_and_the_folder_never_read_as_the_original(
+def test_a_damaged_or_lost_manifest_never_lets_the_copy_be_read_as_the_original(
     cli: Callable[..., Any], source: Path, png_copy: Path, tmp_path: Path
 ) -> None:
     # Read as GTA5 itself, the copy's trainId labels would be mapped a second time: it must be refused instead.
@@ -194,6 +194,12 @@ def test_a_damaged_manifest_is_named_and_the_folder_never_read_as_the_original(
     for args in (("data", "check", f"gta5={out}"), ("data", "prepare", f"gta5={source}", "--out", out)):
         result = cli(*args)
         assert result.code == 1 and "is not valid JSON (line 1)" in _one_line_error(result)
+    # Without its manifest the folder looks like GTA5's layout, but its grey trainId labels are refused.
+    (out / MANIFEST_NAME).unlink()
+    with pytest.raises(PparError, match=r"synth_00000.png is not palettised \(PIL mode L\) as GTA5 stores"):
+        build_dataset(f"gta5={out}")[0]
+    result = cli("data", "check", f"gta5={out}")
+    assert result.code == 1 and result.out.count("is not palettised") == NUM
 
 
 def test_a_corrupt_source_pair_is_named_in_the_manifest_and_skipped(tmp_path: Path) -> None:

@@ -33,16 +33,18 @@ class LabelDecoder:
 
     `id_map` applies to every file, except files whose name ends with a suffix in `by_suffix` (used where one
     dataset mixes encodings, e.g. Cityscapes `_labelTrainIds.png` next to `_labelIds.png`). `synthia16bit` selects
-    the 16-bit, 3-channel SYNTHIA reader instead of the single-channel reader.
+    the 16-bit, 3-channel SYNTHIA reader instead of the single-channel reader; `palettised` accepts palettised PNGs
+    only (GTA5).
     """
 
     id_map: IdMap
     by_suffix: tuple[tuple[str, IdMap], ...] = ()
     synthia16bit: bool = False
+    palettised: bool = False
 
     def __call__(self, path: Path) -> np.ndarray:
         """Label file -> (H,W) uint8 trainIds; PparError naming the file if it cannot be used."""
-        raw = read_synthia_label(path) if self.synthia16bit else read_label_index(path)
+        raw = read_synthia_label(path) if self.synthia16bit else read_label_index(path, palettised=self.palettised)
         id_map = next((m for suffix, m in self.by_suffix if path.name.endswith(suffix)), self.id_map)
         return id_map.apply(raw, path=path)
 

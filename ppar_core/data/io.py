@@ -64,11 +64,13 @@ def _png_bit_depth(path: Path) -> int:
     return head[24] if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" else 0
 
 
-def read_label_index(path: Path) -> np.ndarray:
+def read_label_index(path: Path, *, palettised: bool = False) -> np.ndarray:
     """Read a single-channel label map by value (palette index for palettised PNGs) -> (H,W) uint8 or uint16.
 
     Colour (3-channel) PNGs are refused with a message saying so: the commonest mistake is pointing a loader at a
-    folder of colour visualisations (e.g. BDD100K `colormaps`) instead of label masks.
+    folder of colour visualisations (e.g. BDD100K `colormaps`) instead of label masks. `palettised` (GTA5, whose
+    palette index is the labelId) refuses any other mode: a grey map there holds ids of some other encoding, most
+    often trainIds (a converted GTA5, or a prepared copy that lost its manifest), which would be mapped wrongly.
     """
     try:
         with Image.open(path) as img:
@@ -78,6 +80,12 @@ def read_label_index(path: Path) -> np.ndarray:
                 raise PparError(
                     f"Label {path} is a {mode} colour image, not a single-channel label map: point the loader at "
                     "the folder of id masks (e.g. BDD100K labels/sem_seg/masks, not colormaps)."
+                )
+            if palettised and mode != "P":
+                raise PparError(
+                    f"Label {path} is not palettised (PIL mode {mode}) as GTA5 stores its labelIds: labels already "
+                    "in trainIds are read as folder=ROOT; a prepared copy is read through its manifest.json (restore "
+                    "it, or prepare the copy again)."
                 )
             # 1-bit and other exotic single-channel modes: the values are what they show
             array = np.asarray(img if mode in _INDEX_MODES else img.convert("L"))

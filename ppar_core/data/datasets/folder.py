@@ -36,9 +36,12 @@ def resolve_id_map(id_map: str) -> IdMap:
     return load_id_map_file(Path(id_map).expanduser())
 
 
-def build_flat(root: Path, *, dataset: str, split: str, id_map: IdMap, layout: str = LAYOUT) -> SegDataset:
+def build_flat(
+    root: Path, *, dataset: str, split: str, id_map: IdMap, layout: str = LAYOUT, palettised: bool = False
+) -> SegDataset:
     """A dataset from `<root>/images` + `<root>/labels` (flat, no official split: train, val and all return every
-    pair; a split ending in `.txt` is a list file selecting a subset; any other name is refused)."""
+    pair; a split ending in `.txt` is a list file selecting a subset; any other name is refused). `palettised`:
+    labels must be palettised PNGs (`LabelDecoder`)."""
     if not is_list_split(split) and split not in FLAT_SPLITS:
         raise PparError(
             f"Unknown {dataset} split {split!r}: use one of {', '.join(FLAT_SPLITS)} (the same pairs) or a .txt "
@@ -58,7 +61,7 @@ def build_flat(root: Path, *, dataset: str, split: str, id_map: IdMap, layout: s
         root=root,
         pairs=pairs,
         orphans=orphans,
-        decoder=LabelDecoder(id_map=id_map),
+        decoder=LabelDecoder(id_map=id_map, palettised=palettised),
     )
 
 

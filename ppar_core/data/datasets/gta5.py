@@ -18,4 +18,4 @@ LAYOUT = "images/*.png and labels/*.png (palettised labelIds), paired by file na
 
 def build_gta5(root: Path, *, split: str = "train") -> SegDataset:
     """GTA5 under `root`: every pair for train/val/all, or those named in a `.txt` list file."""
-    return build_flat(root, dataset="gta5", split=split, id_map=LABELID_MAP, layout=LAYOUT)
+    return build_flat(root, dataset="gta5", split=split, id_map=LABELID_MAP, layout=LAYOUT, palettised=True)
