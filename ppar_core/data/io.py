@@ -49,7 +49,7 @@ def read_image(path: Path) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise PparError(
             f"Image {path} cannot be decoded ({_short(exc)}): the file is truncated or corrupt; re-download it "
-            "or pass skip_bad to skip it."
+            "(training and evaluation skip such a sample and count it)."
         ) from None
     return np.ascontiguousarray(array)
 
@@ -94,7 +94,7 @@ def read_label_index(path: Path, *, palettised: bool = False) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise PparError(
             f"Label {path} cannot be decoded ({_short(exc)}): the file is truncated or corrupt; re-download it "
-            "or pass skip_bad to skip it."
+            "(training and evaluation skip such a sample and count it)."
         ) from None
     if array.dtype != np.uint8:
         if array.min() < 0 or array.max() > 65535:
@@ -113,8 +113,8 @@ def read_synthia_label(path: Path) -> np.ndarray:
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise PparError(
-            f"Label {path} cannot be decoded: the file is truncated or corrupt; re-download it or pass skip_bad "
-            "to skip it."
+            f"Label {path} cannot be decoded: the file is truncated or corrupt; re-download it "
+            "(training and evaluation skip such a sample and count it)."
         )
     if raw.ndim != 3 or raw.shape[2] not in (3, 4) or raw.dtype != np.uint16:
         found = f"{raw.shape[2] if raw.ndim == 3 else 1}-channel {raw.dtype}"
@@ -157,7 +157,7 @@ class IdMap:
             shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
             raise PparError(
                 f"Label {path} contains values {shown} that the {self.name} id map does not define: the file "
-                "is not in the expected encoding; check the dataset layout (or the id map) or pass skip_bad."
+                "is not in the expected encoding; check the dataset layout (or the id map)."
             )
         return self.lut[raw]
 
