@@ -182,6 +182,16 @@ def test_a_rerun_makes_a_damaged_file_again_instead_of_adopting_it(source: Path,
     assert damaged.read_bytes() == (png_copy / manifest["samples"][3]["image"]).read_bytes()
 
 
+def test_a_rerun_makes_again_the_pairs_whose_source_changed(tmp_path: Path) -> None:
+    source = write_in_layout("gta5", tmp_path / "gta5", num=3, size=(32, 64), seed=1)
+    out = tmp_path / "copy"
+    prepare_dataset(f"gta5={source}", out, resize=None, workers=1)
+    write_in_layout("gta5", source, num=3, size=(32, 64), seed=2)  # the same names, other scenes
+    result = prepare_dataset(f"gta5={source}", out, resize=None, workers=1)
+    fresh = prepare_dataset(f"gta5={source}", tmp_path / "fresh", resize=None, workers=1)
+    assert (result.written, result.reused) == (3, 0) and result.manifest["samples"] == fresh.manifest["samples"]
+
+
 def test_a_damaged_or_lost_manifest_never_lets_the_copy_be_read_as_the_original(
     cli: Callable[..., Any], source: Path, png_copy: Path, tmp_path: Path
 ) -> None:

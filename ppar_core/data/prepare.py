@@ -79,6 +79,7 @@ class _Job:
     name: str  # its sample name there
     stem: str  # the file stem in the copy (the name, made unique if two pairs share one)
     part: str | None  # the registry part it belongs to (ACDC: acdc-fog, ...), None when the dataset has none
+    source_bytes: tuple[int, int]  # the lengths of its source image and label files: a rerun redoes a changed pair
 
 
 def prepare_dataset(
@@ -126,7 +127,7 @@ def prepare_dataset(
         **settings.to_json(),
         "parts": parts,
     }
-    earlier = _resume(out, header, force=force)
+    earlier = _resume(out, header, jobs, force=force)
     for folder in (out, out / "images", out / "labels"):
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(folder)  # left by a kill -9 mid-write; no other process writes a copy
@@ -189,11 +190,12 @@ def _plan(dataset: SegDataset, *, name: str, split: str, root: Path) -> tuple[li
         part_of.update({image.resolve(): part for image, _ in part_ds.pairs})
     jobs: list[_Job] = []
     taken: set[str] = set()
-    for index, (image, _) in enumerate(dataset.pairs):
+    for index, (image, label) in enumerate(dataset.pairs):
         sample = dataset.sample_name(index)
         stem = sample if sample not in taken else f"{sample}-{index}"  # one copy file per pair, whatever the names
         taken.add(stem)
-        jobs.append(_Job(index, sample, stem, part_of.get(image.resolve()) if parts else None))
+        in_part = part_of.get(image.resolve()) if parts else None
+        jobs.append(_Job(index, sample, stem, in_part, (_size(image), _size(label))))
     return jobs, parts
 
 
@@ -221,13 +223,16 @@ def _mapping(dataset: SegDataset, *, name: str, mapillary_map: str) -> dict[str,
     }
 
 
-def _resume(out: Path, header: dict[str, Any], *, force: bool) -> tuple[dict[str, dict[str, Any]], set[str]] | None:
+def _resume(
+    out: Path, header: dict[str, Any], jobs: list[_Job], *, force: bool
+) -> tuple[dict[str, dict[str, Any]], set[str]] | None:
     """What an earlier run left in `out` -> ({file stem: manifest entry} that this one keeps, the stems it recorded
-    whose files no longer match), None for a fresh start.
+    that must be made again), None for a fresh start.
 
     Entries of a complete or partial manifest of the same settings are kept when both files are present with their
-    recorded lengths; the others are made again (never adopted as found). Anything else in a non-empty `out` is
-    refused unless `force`, which removes an earlier copy's files (and only them) and keeps nothing.
+    recorded lengths and the source pair still has the lengths it had; the others are made again (never adopted as
+    found). Anything else in a non-empty `out` is refused unless `force`, which removes an earlier copy's files (and
+    only them) and keeps nothing.
     """
     if not out.exists() or not any(out.iterdir()):
         return None
@@ -255,11 +260,13 @@ def _resume(out: Path, header: dict[str, Any], *, force: bool) -> tuple[dict[str
                 f"{json.dumps(manifest.get(key))} there, {json.dumps(wanted)} asked): pass --force to replace it, or "
                 "choose another --out."
             )
+    source = {job.stem: list(job.source_bytes) for job in jobs}
     kept, changed = {}, set()
     for entry in manifest.get("samples", []):
         image, label = out / entry["image"], out / entry["label"]
         stem = Path(entry["image"]).stem
-        if _size(image) == entry["image_bytes"] and _size(label) == entry["label_bytes"]:
+        same = _size(image) == entry["image_bytes"] and _size(label) == entry["label_bytes"]
+        if same and entry.get("source_bytes") == source.get(stem):
             kept[stem] = entry
         else:
             changed.add(stem)
@@ -292,7 +299,7 @@ def _adopt(out: Path, jobs: list[_Job], settings: PrepareSettings) -> dict[str, 
 
 def _entry(job: _Job, out: Path, files: dict[str, tuple[Path, str, int]]) -> dict[str, Any]:
     """The manifest entry of a pair; `files` maps "image" and "label" to (path, sha256, length in bytes)."""
-    entry: dict[str, Any] = {"name": job.name}
+    entry: dict[str, Any] = {"name": job.name, "source_bytes": list(job.source_bytes)}
     for kind, (path, sha, size) in files.items():
         entry.update({kind: path.relative_to(out).as_posix(), f"{kind}_sha256": sha, f"{kind}_bytes": size})
     if job.part is not None:
