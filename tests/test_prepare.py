@@ -265,8 +265,8 @@ def test_a_mapillary_copy_keeps_the_map_it_was_made_with(tmp_path: Path) -> None
 def test_force_replaces_a_copy_of_other_settings(cli: Callable[..., Any], source: Path, tmp_path: Path) -> None:
     out = tmp_path / "copy"
     assert cli("data", "prepare", f"gta5={source}", "--out", out, "--resize", "48x96", "--workers", "1").code == 0
-    refused = cli("data", "prepare", f"gta5={source}", "--out", out, "--resize", "24x48")
-    assert refused.code == 1 and "other settings (resize: [48, 96] there, [24, 48] asked)" in refused.err
+    refused = cli("data", "prepare", f"gta5={source}", "--out", out, "--resize", "24x48", "--format", "jpeg")
+    assert refused.code == 1 and "other settings (resize: [48, 96] there, [24, 48] asked; image_format:" in refused.err
     forced = cli("data", "prepare", f"gta5={source}", "--out", out, "--resize", "24x48", "--force", "--json")
     assert forced.code == 0, forced.err
     summary = json.loads(forced.out)

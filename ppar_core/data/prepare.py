@@ -252,14 +252,17 @@ def _resume(
             "into it anyway."
         )
     manifest = earlier[0]
-    for key, wanted in header.items():
-        if manifest.get(key) != wanted:
-            origin = (manifest.get("origin") or {}).get("dataset", "a dataset")
-            raise PparError(
-                f"{out} holds a prepared copy of {origin} made with other settings ({key}: "
-                f"{json.dumps(manifest.get(key))} there, {json.dumps(wanted)} asked): pass --force to replace it, or "
-                "choose another --out."
-            )
+    differences = [
+        f"{key}: {json.dumps(manifest.get(key))} there, {json.dumps(wanted)} asked"
+        for key, wanted in header.items()
+        if manifest.get(key) != wanted
+    ]
+    if differences:
+        origin = (manifest.get("origin") or {}).get("dataset", "a dataset")
+        raise PparError(
+            f"{out} holds a prepared copy of {origin} made with other settings ({'; '.join(differences)}): pass "
+            "--force to replace it, or choose another --out."
+        )
     source = {job.stem: list(job.source_bytes) for job in jobs}
     kept, changed = {}, set()
     for entry in manifest.get("samples", []):
