@@ -141,10 +141,22 @@ def prepare(
         str, typer.Option("--resize", help="HxW, none (keep the size), or preset:NAME (that preset's augment resize).")
     ] = "preset:gta5-vit-b16",
     image_format: Annotated[str, typer.Option("--format", help="png (lossless) or jpeg (lossy).")] = "png",
-    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality (--format jpeg).")] = 95,
+    quality: Annotated[
+        int | None,
+        typer.Option(
+            "--quality", min=1, max=100, help="JPEG quality, --format jpeg only (default 95).", show_default=False
+        ),
+    ] = None,
     png_compression: Annotated[
-        int, typer.Option("--png-compression", min=0, max=9, help="PNG zlib level: 0 decodes fastest, 9 is smallest.")
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--png-compression",
+            min=0,
+            max=9,
+            help="PNG zlib level, --format png only: 0 (default) decodes fastest, 9 is smallest.",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Processes (default: every usable core).", show_default=False)
     ] = None,
@@ -168,6 +180,10 @@ def prepare(
     from ppar_core.data.prepare import prepare_dataset
 
     size = parse_resize(resize)
+    ignored = {"png": ("--quality", quality), "jpeg": ("--png-compression", png_compression)}.get(image_format.lower())
+    if ignored is not None and ignored[1] is not None:
+        raise PparError(f"{ignored[0]} does not apply to --format {image_format.lower()}: drop it, or change --format.")
+    formats = {"jpeg_quality": quality, "png_compression": png_compression}
     began = time.perf_counter()
     counts = [0, 0]  # pairs done and in all, as the progress last said
     interrupted = False
@@ -184,8 +200,7 @@ def prepare(
                 split=split,
                 resize=size,
                 image_format=image_format.lower(),
-                jpeg_quality=quality,
-                png_compression=png_compression,
+                **{name: value for name, value in formats.items() if value is not None},
                 data_root=data_root,
                 mapillary_map=mapillary_map,
                 id_map=id_map,

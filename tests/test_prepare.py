@@ -291,13 +291,17 @@ def test_bad_input_gives_one_line(cli: Callable[..., Any], source: Path, png_cop
         "is a prepared copy of gta5 (train, from": [f"cityscapes={png_copy}", "--out", tmp_path / "b"],
         "--resize '720' is not HxW": [f"gta5={source}", "--out", tmp_path / "c", "--resize", "720"],
         "sides from 1 to 8192 pixels": [f"gta5={source}", "--out", tmp_path / "d", "--resize", "100000x100000"],
+        "--quality does not apply to --format png": [f"gta5={source}", "--out", tmp_path / "e", "--quality", "50"],
+        "--png-compression does not apply to --format jpeg": [
+            *(f"gta5={source}", "--out", tmp_path / "f", "--format", "jpeg", "--png-compression", "9")
+        ],
         "is not empty and holds no prepared copy": [f"gta5={source}", "--out", tmp_path / "full"],
         "lies inside the dataset": [f"gta5={source}", "--out", source / "prepared"],
     }
     for expected, args in cases.items():
         assert expected in _one_line_error(cli("data", "prepare", *args))
     assert (tmp_path / "file.txt").read_text() == "mine" and sorted(os.listdir(tmp_path / "full")) == ["notes.txt"]
-    assert not any((tmp_path / name).exists() for name in ("a", "c", "d"))
+    assert not any((tmp_path / name).exists() for name in ("a", "c", "d", "e", "f"))
     assert "not of cityscapes" in _one_line_error(cli("data", "check", f"cityscapes={png_copy}"))
     assert "holds no ppar manifest.json" in _one_line_error(cli("data", "check", tmp_path / "full"))
 
