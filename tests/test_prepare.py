@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from ppar_core.data.prepare import prepare_dataset
 from ppar_core.data.synth.layouts import write_in_layout
 from ppar_core.data.transforms import TrainAugment
 from ppar_core.engine.sampling import TrainSamples
+from ppar_core.engine.start import prepared_copies
 from ppar_core.errors import PparError
 
 NUM = 6
@@ -364,3 +367,24 @@ def test_a_run_on_a_prepared_copy_records_it(source: Path, png_copy: Path, tmp_p
     recorded = load_checkpoint(result.checkpoint).meta["prepared_copies"]["sources"][f"gta5={png_copy}"]
     assert recorded["manifest_sha256"] == manifest_digest(manifest) and recorded["lossy"] is False
     assert result.report is not None and result.report["prepared_copies"]["sources"][f"gta5={png_copy}"] == recorded
+
+
+def test_a_run_warns_when_a_copy_does_not_fit_how_it_is_used(caplog: pytest.LogCaptureFixture) -> None:
+    # A source copy at another resize than the augment's gives other samples than the original; a resized target is
+    # scored off-protocol. A fitting copy and an unresized target say nothing.
+    def copy(resize: list[int] | None) -> SimpleNamespace:
+        return SimpleNamespace(prepared={"resize": resize, "lossy": False, "image_format": "png"})
+
+    sources = [copy([720, 1280]), copy([48, 96])]
+    targets = [
+        SimpleNamespace(name="cityscapes", dataset=copy([720, 1280])),
+        SimpleNamespace(name="bdd100k", dataset=copy(None)),
+    ]
+    with caplog.at_level(logging.WARNING, logger="ppar"):
+        copies = prepared_copies(sources, ["gta5=A", "gta5=B"], targets, augment_resize=(720, 1280))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and set(copies) == {"sources", "targets"}
+    assert warnings[0].startswith(
+        "gta5=B is a prepared copy resized to 48x96, but the augment's first resize is 720x1280"
+    )
+    assert warnings[1].startswith("Target cityscapes is a prepared copy resized to 720x1280: it is scored at")

@@ -74,9 +74,13 @@ def start_prototypes(cfg: TrainConfig, checkpoint: Checkpoint | None) -> Prototy
         )
 
 
-def prepared_copies(sources: Sequence[Any], specs: Sequence[str], targets: Sequence[Target]) -> dict[str, Any]:
+def prepared_copies(
+    sources: Sequence[Any], specs: Sequence[str], targets: Sequence[Target], *, augment_resize: tuple[int, int] | None
+) -> dict[str, Any]:
     """{"sources": {spec: manifest facts}, "targets": {name: ...}} of the datasets that are prepared copies (`ppar
-    data prepare`); a lossy (JPEG) one is said in the log too."""
+    data prepare`). Said in the log too: a lossy (JPEG) copy; a source copy resized otherwise than the augment's
+    first resize (`augment_resize`: its samples then differ from the original's); a resized target copy (scored at
+    the copy's resolution, not the protocol's)."""
     copies: dict[str, Any] = {}
     found = {spec: s.prepared for spec, s in zip(specs, sources, strict=True) if getattr(s, "prepared", None)}
     if found:
@@ -88,5 +92,23 @@ def prepared_copies(sources: Sequence[Any], specs: Sequence[str], targets: Seque
         if info.get("lossy"):
             log.warning(
                 "%s is a lossy (%s) prepared copy: its images differ from the originals.", what, info["image_format"]
+            )
+    wanted = None if augment_resize is None else list(augment_resize)
+    for spec, info in found.items():
+        if info.get("resize") is not None and info["resize"] != wanted:
+            log.warning(
+                "%s is a prepared copy resized to %s, but the augment's first resize is %s: its samples differ from "
+                "the original's (prepare it with --resize preset:NAME of this run's preset).",
+                spec,
+                "x".join(map(str, info["resize"])),
+                "none" if wanted is None else "x".join(map(str, wanted)),
+            )
+    for name, info in targets_copies.items():
+        if info.get("resize") is not None:
+            log.warning(
+                "Target %s is a prepared copy resized to %s: it is scored at that resolution, not its own (prepare "
+                "targets with --resize none).",
+                name,
+                "x".join(map(str, info["resize"])),
             )
     return copies

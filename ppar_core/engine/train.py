@@ -144,7 +144,7 @@ def _train(
     # Bad samples are counted and named wherever a run reports (log, metrics.jsonl, checkpoint, eval.json).
     bad = set(checkpoint.meta.get("bad_samples", {}).get("source", [])) if checkpoint is not None else set()
     extra["bad_samples"] = {"source": sorted(bad), "targets": bad_targets}
-    copies = prepared_copies(sources, cfg.data.source, targets)
+    copies = prepared_copies(sources, cfg.data.source, targets, augment_resize=cfg.data.augment.resize)
     if copies:
         extra["prepared_copies"] = copies  # the checkpoint (and eval.json) say which data were prepared copies
 
