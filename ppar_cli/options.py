@@ -14,9 +14,10 @@ import typer
 from rich.console import Console
 
 # Human output goes to stdout through rich; errors and progress go to stderr, so `--json` output stays clean. Text
-# lines are never broken by rich (soft wrap): a terminal wraps them itself, a log file keeps them whole.
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# lines are never broken by rich (soft wrap): a terminal wraps them itself, a log file keeps them whole. No automatic
+# highlighting: it would colour "0x1280" of a size 720x1280 as a hex number; styles are given where they mean something.
+console = Console(soft_wrap=True, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 class Interrupt:
