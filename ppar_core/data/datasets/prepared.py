@@ -149,7 +149,7 @@ def prepared_info(root: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
     """What a run records about a prepared copy (JSON-ready): where it is, its manifest hash, what it was made from
     and how (resize, image format, whether it is lossy)."""
     return {
-        "root": str(root),
+        "root": str(root.resolve()),
         "manifest_sha256": manifest["manifest_sha256"],
         "origin": manifest["origin"]["dataset"],
         "origin_root": manifest["origin"]["root"],
