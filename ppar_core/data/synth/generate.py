@@ -137,7 +137,10 @@ def _clear_domain(folder: Path, *, replace: bool) -> None:
     if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
         return
     if not (folder / "style.json").is_file():
-        raise PparError(f"{folder} exists and holds no synthetic domain (no style.json): ppar will not write into it.")
+        raise PparError(
+            f"{folder} exists and holds no synthetic domain (no style.json): ppar will not write into it, even with "
+            "--force; choose another --out, or move that folder away."
+        )
     if not replace:
         count = len(list((folder / "images").glob("*.png"))) if (folder / "images").is_dir() else 0
         raise PparError(
