@@ -102,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     setup_logging()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    if previous[signal.SIGINT] == signal.SIG_IGN:  # started in the background by a shell: Ctrl-C is not for us
-        del previous[signal.SIGINT]
     Interrupt.requested = Interrupt.reported = False
     try:
         for sig in previous:  # SIGTERM is what timeout, SLURM and docker send: stop as Ctrl-C does
