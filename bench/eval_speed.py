@@ -40,7 +40,7 @@ from ppar_core.modeling.segmentor import build_segmentor, resolve_model_config  
 from ppar_core.normalize import CLIP_MEAN, CLIP_STD  # noqa: E402
 from ppar_core.protocol import InferenceConfig  # noqa: E402
 from ppar_core.prototypes import Prototypes  # noqa: E402
-from ppar_core.runtime import default_workers  # noqa: E402
+from ppar_core.runtime import data_workers  # noqa: E402
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     model_cfg = resolve_model_config(replace(get_train_preset("synth-tiny").model, pretrained=None))
     model = build_segmentor(model_cfg, prototypes=Prototypes(otp=torch.randn(19, 64)), load_weights=False).eval()
     protocol = InferenceConfig(mode="slide", crop_size=512, stride=341)
-    workers = default_workers() if args.workers is None else args.workers
+    workers = data_workers(args.workers)
     results: dict[str, Any] = {"machine": machine_info("cpu"), "config": vars(args).copy(), "workers": workers}
     with tempfile.TemporaryDirectory() as tmp:
         write_domains(Path(tmp), domains=("synth-real",), num=args.images, size=(height, width))

@@ -42,7 +42,7 @@ from ppar_core.data.prepare import prepare_dataset  # noqa: E402
 from ppar_core.data.synth.layouts import write_in_layout  # noqa: E402
 from ppar_core.engine.train import train  # noqa: E402
 from ppar_core.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
-from ppar_core.runtime import default_workers  # noqa: E402
+from ppar_core.runtime import data_workers  # noqa: E402
 
 PROTOCOL_STEPS = 20_000  # the gta5-vit-b16 preset's
 PROTOCOL_EVAL_IMAGES = 500  # Cityscapes val
@@ -95,7 +95,7 @@ def window_figures(records: list[dict[str, Any]], *, batch: int) -> dict[str, fl
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    workers = default_workers() if args.workers is None else args.workers
+    workers = data_workers(args.workers)
     with tempfile.TemporaryDirectory(prefix="ppar-e2e-") as scratch:
         root = Path(args.data_dir) if args.data_dir else Path(scratch)
         root.mkdir(parents=True, exist_ok=True)

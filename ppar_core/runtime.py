@@ -154,6 +154,11 @@ def default_workers() -> int:
     return max(0, min(MAX_WORKERS, usable - 1))
 
 
+def data_workers(asked: int | None) -> int:
+    """The DataLoader workers to use: `asked` (a config's or a flag's value), or `default_workers()` when unset."""
+    return default_workers() if asked is None else asked
+
+
 @contextlib.contextmanager
 def one_opencv_thread() -> Iterator[None]:
     """OpenCV on one thread while the block runs: start DataLoader workers inside it.

@@ -19,7 +19,7 @@ from ppar_core.errors import PparError
 from ppar_core.evaluation.targets import Target
 from ppar_core.labels import NUM_CLASSES
 from ppar_core.prototypes import Prototypes, build_prototypes, load_prototypes
-from ppar_core.runtime import default_workers
+from ppar_core.runtime import data_workers
 
 log = logging.getLogger("ppar.train")
 
@@ -39,7 +39,7 @@ def plan(cfg: TrainConfig, dist: DistContext, *, resume_step: int | None) -> dic
         "source": " + ".join(cfg.data.source)
         + (f" ({cfg.data.source_sampling} sampling)" if len(cfg.data.source) > 1 else ""),
         "targets": ", ".join(cfg.data.targets) or "none",
-        "workers": f"{default_workers() if cfg.data.workers is None else cfg.data.workers} data worker(s) per process"
+        "workers": f"{data_workers(cfg.data.workers)} data worker(s) per process"
         + (" (the usable cores minus one)" if cfg.data.workers is None else ""),
         "device": str(dist.device),
     }

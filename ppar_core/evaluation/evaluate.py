@@ -29,7 +29,7 @@ from ppar_core.metrics import ConfusionAccumulator, SegMetrics
 from ppar_core.normalize import image_to_tensor, writable
 from ppar_core.progress import ProgressFn
 from ppar_core.protocol import InferenceConfig
-from ppar_core.runtime import default_workers, resolve_device
+from ppar_core.runtime import data_workers, resolve_device
 
 
 class DistReducer(Protocol):
@@ -197,7 +197,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     model = segmentor_from_checkpoint(checkpoint, cfg, device=dev)
     if workers is None:
-        workers = default_workers() if cfg.data.workers is None else cfg.data.workers
+        workers = data_workers(cfg.data.workers)
     results = evaluate_targets(
         model.infer,
         chosen,
