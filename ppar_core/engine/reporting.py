@@ -15,7 +15,7 @@ from ppar_core.evaluation.report import build_eval_report, training_report, writ
 from ppar_core.evaluation.targets import Target
 from ppar_core.modeling.segmentor import PPARSegmentor
 from ppar_core.progress import ProgressFn
-from ppar_core.runtime import default_workers
+from ppar_core.runtime import data_workers
 
 
 def evaluate_run(
@@ -42,7 +42,7 @@ def evaluate_run(
         progress=progress,
         dist=dist if dist.enabled else None,
         skip_bad=cfg.data.skip_bad,
-        workers=default_workers() if cfg.data.workers is None else cfg.data.workers,
+        workers=data_workers(cfg.data.workers),
     )
     if tb is not None:
         tb.evaluation(step, model, targets, device=dist.device)
@@ -68,3 +68,12 @@ def log_record(
         tb.record(record)
     if on_log is not None:
         on_log(record)
+
+
+def eval_record(step: int, report: dict[str, Any]) -> dict[str, Any]:
+    """The metrics record of an evaluation: each target's mIoU and their mean."""
+    return {
+        "step": step,
+        "eval": {name: entry["miou"] for name, entry in report["targets"].items()},
+        "mean_miou": report["mean_miou"],
+    }

@@ -28,7 +28,7 @@ from ppar_core.data.registry import source_class_table
 from ppar_core.engine.distributed import DistContext, cleanup_distributed, init_distributed
 from ppar_core.engine.interrupt import StopFlag
 from ppar_core.engine.optim import build_optimizer
-from ppar_core.engine.reporting import evaluate_run, log_record
+from ppar_core.engine.reporting import eval_record, evaluate_run, log_record
 from ppar_core.engine.run_folder import RunFolder
 from ppar_core.engine.sampling import StreamSampler, TrainSamples, WaitClock
 from ppar_core.engine.start import checkpoint_to_resume, plan, prepared_copies, start_prototypes
@@ -41,7 +41,7 @@ from ppar_core.labels import CLASS_NAMES
 from ppar_core.modeling.segmentor import build_segmentor, resolve_model_config
 from ppar_core.progress import ProgressFn
 from ppar_core.prototypes import save_prototypes
-from ppar_core.runtime import default_workers, one_opencv_thread, restore_rng_state, seed_everything
+from ppar_core.runtime import data_workers, one_opencv_thread, restore_rng_state, seed_everything
 
 log = logging.getLogger("ppar.train")
 
@@ -173,7 +173,7 @@ def _train(
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
-    workers = default_workers() if cfg.data.workers is None else cfg.data.workers
+    workers = data_workers(cfg.data.workers)
     log.info("Loading training samples with %d worker process(es).", workers)
     loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
         TrainSamples(  # type: ignore[arg-type]
@@ -251,8 +251,7 @@ def _train(
             if eval_now:
                 report = evaluate_run(model, targets, cfg, dist, on_eval_progress, step=step, tb=tb)
                 if dist.is_main:
-                    mious = {name: entry["miou"] for name, entry in report["targets"].items()}
-                    log_record(run, {"step": step, "eval": mious, "mean_miou": report["mean_miou"]}, on_log, tb)
+                    log_record(run, eval_record(step, report), on_log, tb)
     if bad:
         log.warning("%d unreadable source sample(s) were replaced by the next good one: %s", len(bad), sorted(bad))
     check_losses(model)  # nothing unread may go into the last checkpoint
@@ -274,8 +273,7 @@ def _train(
             tb=tb,
         )
         if tb is not None:
-            mious = {name: entry["miou"] for name, entry in result.report["targets"].items()}
-            tb.record({"step": step, "eval": mious, "mean_miou": result.report["mean_miou"]})
+            tb.record(eval_record(step, result.report))
     return result
 
 
