@@ -60,6 +60,11 @@ class TrainAugment:
             )
         return self
 
+    @property
+    def photometric_by_device(self) -> bool:
+        """Whether the training step applies the photometric distortion (the workers only draw its parameters)."""
+        return self.photometric and self.photometric_on == "device"
+
 
 def resize(image: np.ndarray, label: np.ndarray, *, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Resize a pair to `size` (H,W): image bilinear, label nearest. (H,W,3) uint8, (H,W) uint8 -> same dtypes."""

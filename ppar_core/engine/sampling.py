@@ -121,9 +121,8 @@ class TrainSamples:
         sample, passed = self._load(source, index)
         rng = np.random.default_rng([self.seed, k])
         image, label = apply_train_augment(sample.image, sample.label, self.augment, rng)
-        on_device = self.augment.photometric and self.augment.photometric_on == "device"
         # The photometric step is the augment's last draw, so the device gets the parameters the CPU would use.
-        photometric = draw_photometric(rng) if on_device else NO_PHOTOMETRIC
+        photometric = draw_photometric(rng) if self.augment.photometric_by_device else NO_PHOTOMETRIC
         chw = np.ascontiguousarray(image.transpose(2, 0, 1))
         return (
             torch.from_numpy(chw), torch.from_numpy(label), BAD_SEPARATOR.join(passed), source,

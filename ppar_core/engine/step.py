@@ -69,7 +69,6 @@ def train_step(
     progress = step / cfg.iters
     accum = cfg.optim.accum_steps
     non_finite = _non_finite_record(core, dist.device, checkpoint)
-    on_device_photometric = cfg.data.augment.photometric and cfg.data.augment.photometric_on == "device"
     # The averaged tensor terms, float64 on the device: the float32 terms / accum summed in float64 are the sums the
     # log always had (it added Python floats), and nothing is read until the step logs.
     sums = torch.zeros(len(TENSOR_TERMS), dtype=torch.float64, device=dist.device)
@@ -80,7 +79,7 @@ def train_step(
         pixels, labels_u8, passed, source, photometric = next(batches)
         bad += [name for names in passed for name in names.split("\n") if name]
         pixels = pixels.to(dist.device, non_blocking=True)
-        if on_device_photometric:
+        if cfg.data.augment.photometric_by_device:
             pixels = photometric_on_device(pixels, photometric.to(dist.device, non_blocking=True))
         images = normalize(pixels)
         labels = labels_u8.to(dist.device, non_blocking=True).long()
