@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import statistics
@@ -333,5 +332,5 @@ def zero_shot_on_targets(
         datasets[domain] = [dataset[i] for i in range(min(len(dataset), DEMO_TARGET_IMAGES))]
     metrics = dense_zero_shot(model, datasets, pretrained=pretrained, progress=progress)
     mious = {name: m.miou for name, m in metrics.items()}
-    targets = {k: v for k, v in mious.items() if k in TARGET_DOMAINS and not math.isnan(v)}
-    return {"zero_shot": mious, "targets_mean": statistics.fmean(targets.values()) if targets else None}
+    mean, _ = mean_over_targets({k: v for k, v in mious.items() if k in TARGET_DOMAINS})
+    return {"zero_shot": mious, "targets_mean": mean}
